@@ -1,0 +1,2 @@
+//! Empty host library target; the programs are in `main.rs` (built for bpfel-unknown-none).
+#![no_std]

@@ -1,0 +1,749 @@
+//! Periscope's tc datapath.
+//!
+//! One instance of this object is loaded per endpoint (pod). Its two programs sit on the host side
+//! of the endpoint's veth:
+//! - `from_container` (tc ingress of the host veth): packets leaving the pod — egress policy;
+//! - `to_container` (tc egress of the host veth): packets entering the pod — ingress policy.
+//!
+//! The maps shared by all endpoints of a node (ipcache, endpoints, connection tracking, events,
+//! metrics, config) are pinned by name under the node's bpffs directory; the policy map is per
+//! instance (the agent pins it as `ep/<id>/policy_<version>`).
+//!
+//! Every packet either passes or is dropped with a drop reason; every outcome is counted in the
+//! per-CPU metrics array; nothing panics. Packet bytes are read with `bpf_skb_load_bytes` at
+//! checked offsets, so a short or malformed packet is a counted drop, never an out-of-bounds read.
+#![no_std]
+#![no_main]
+// BPF has atomic add, but the bpfel target does not enable core's atomic types.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{
+    bindings::{BPF_F_CURRENT_CPU, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::{bpf_ktime_get_boot_ns, bpf_perf_event_output},
+    macros::{classifier, map},
+    maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerfEventArray, lpm_trie::Key as LpmKey,
+    },
+    programs::TcContext,
+    EbpfContext,
+};
+use periscope_datapath_common::{
+    aggregation, capacity, dir, drop, family, match_type, metric, metrics_index, msg, obs, proto,
+    tcp, verdict, CtEntry, CtKey, DatapathConfig, EndpointInfo, FlowEvent, IpcacheKey,
+    IpcacheValue, MetricsValue, PolicyEntry, PolicyKey, CT_F_AUDIT, CT_F_CLOSING_RX,
+    CT_F_CLOSING_TX, CT_F_SEEN_REPLY, CT_SCOPE_EGRESS, CT_SCOPE_INGRESS, EP_F_AUDIT_EGRESS,
+    EP_F_AUDIT_INGRESS, EP_F_HAS_IPV4, EP_F_HAS_IPV6, EVENT_VERSION, EV_F_IPV6, EV_F_NEW,
+    EV_F_REPLY, EV_F_REPLY_KNOWN, EV_F_REPORT, IDENTITY_WORLD, POLICY_F_DENY,
+};
+
+/// Endpoint id of this program instance, set by the loader.
+#[unsafe(no_mangle)]
+static PSC_ENDPOINT_ID: u32 = 0;
+
+#[map(name = "PSC_IPCACHE")]
+static IPCACHE: LpmTrie<IpcacheKey, IpcacheValue> = LpmTrie::pinned(capacity::IPCACHE, 0);
+
+#[map(name = "PSC_ENDPOINTS")]
+static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::pinned(capacity::ENDPOINTS, 0);
+
+#[map(name = "PSC_CT")]
+static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(capacity::CT, 0);
+
+#[map(name = "PSC_EVENTS")]
+static EVENTS: PerfEventArray<FlowEvent> = PerfEventArray::pinned(0);
+
+#[map(name = "PSC_METRICS")]
+static METRICS: PerCpuArray<MetricsValue> = PerCpuArray::pinned(capacity::METRICS, 0);
+
+#[map(name = "PSC_CONFIG")]
+static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
+
+#[map(name = "PSC_POLICY")]
+static POLICY: HashMap<PolicyKey, PolicyEntry> =
+    HashMap::with_max_entries(capacity::POLICY, 0);
+
+/// Per-CPU scratch space for building an event (keeps 128 bytes off the 512-byte stack).
+#[map(name = "PSC_SCRATCH")]
+static SCRATCH: PerCpuArray<FlowEvent> = PerCpuArray::with_max_entries(1, 0);
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_ARP: u16 = 0x0806;
+
+const IPV6_HOPOPTS: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_AH: u8 = 51;
+const IPV6_DSTOPTS: u8 = 60;
+const MAX_IPV6_EXT: usize = 4;
+
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
+
+#[classifier]
+pub fn from_container(ctx: TcContext) -> i32 {
+    handle(&ctx, dir::EGRESS)
+}
+
+#[classifier]
+pub fn to_container(ctx: TcContext) -> i32 {
+    handle(&ctx, dir::INGRESS)
+}
+
+/// What parsing decided before policy.
+enum Parsed {
+    /// Not subject to policy (ARP, IPv6 neighbour discovery): pass silently.
+    Pass,
+    /// An IP packet to check.
+    Ip(Packet),
+}
+
+/// The fields of a packet the datapath uses. Addresses are network order, ports host order.
+#[derive(Clone, Copy)]
+struct Packet {
+    family: u8,
+    proto: u8,
+    tcp_flags: u8,
+    icmp_type: u8,
+    icmp_code: u8,
+    /// Source/destination ports; for ICMP echo the identifier as source (request) or destination
+    /// (reply) port, so that the reply's reversed tuple matches the request's.
+    sport: u16,
+    dport: u16,
+    /// The "port" looked up in the policy map: the destination port, or the ICMP type.
+    policy_port: u16,
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+    len: u32,
+}
+
+#[inline(always)]
+fn handle(ctx: &TcContext, direction: u8) -> i32 {
+    match parse(ctx) {
+        Ok(Parsed::Pass) => TC_ACT_OK,
+        Ok(Parsed::Ip(pkt)) => match process(ctx, &pkt, direction) {
+            Ok(action) => action,
+            Err(reason) => drop_packet(ctx, Some(&pkt), direction, reason, 0, 0, 0, 0),
+        },
+        Err(reason) => drop_packet(ctx, None, direction, reason, 0, 0, 0, 0),
+    }
+}
+
+#[inline(always)]
+fn load<T>(ctx: &TcContext, off: usize, reason: u8) -> Result<T, u8> {
+    ctx.load::<T>(off).map_err(|_| reason)
+}
+
+#[inline(always)]
+fn parse(ctx: &TcContext) -> Result<Parsed, u8> {
+    let len = ctx.len() as usize;
+    if len < ETH_HLEN {
+        return Err(drop::INVALID_PACKET);
+    }
+    let ethertype = u16::from_be(load::<u16>(ctx, 12, drop::INVALID_PACKET)?);
+    let mut pkt = Packet {
+        family: 0,
+        proto: 0,
+        tcp_flags: 0,
+        icmp_type: 0,
+        icmp_code: 0,
+        sport: 0,
+        dport: 0,
+        policy_port: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        len: len as u32,
+    };
+    let l4_off = match ethertype {
+        ETH_P_IP => parse_ipv4(ctx, len, &mut pkt)?,
+        ETH_P_IPV6 => parse_ipv6(ctx, len, &mut pkt)?,
+        ETH_P_ARP => return Ok(Parsed::Pass),
+        _ => return Err(drop::UNSUPPORTED_L3_PROTOCOL),
+    };
+    parse_l4(ctx, len, l4_off, &mut pkt)
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &TcContext, len: usize, pkt: &mut Packet) -> Result<usize, u8> {
+    if len < ETH_HLEN + 20 {
+        return Err(drop::INVALID_PACKET);
+    }
+    let vihl = load::<u8>(ctx, ETH_HLEN, drop::INVALID_PACKET)?;
+    let ihl = ((vihl & 0x0f) as usize) * 4;
+    if vihl >> 4 != 4 || ihl < 20 {
+        return Err(drop::INVALID_PACKET);
+    }
+    let total = u16::from_be(load::<u16>(ctx, ETH_HLEN + 2, drop::INVALID_PACKET)?) as usize;
+    if total < ihl || len < ETH_HLEN + total {
+        return Err(drop::INVALID_PACKET);
+    }
+    let frag = u16::from_be(load::<u16>(ctx, ETH_HLEN + 6, drop::INVALID_PACKET)?);
+    if frag & 0x1fff != 0 {
+        return Err(drop::FRAG_NOT_SUPPORTED);
+    }
+    pkt.family = family::V4;
+    pkt.proto = load::<u8>(ctx, ETH_HLEN + 9, drop::INVALID_PACKET)?;
+    let s = load::<[u8; 4]>(ctx, ETH_HLEN + 12, drop::INVALID_PACKET)?;
+    let d = load::<[u8; 4]>(ctx, ETH_HLEN + 16, drop::INVALID_PACKET)?;
+    pkt.saddr[..4].copy_from_slice(&s);
+    pkt.daddr[..4].copy_from_slice(&d);
+    Ok(ETH_HLEN + ihl)
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &TcContext, len: usize, pkt: &mut Packet) -> Result<usize, u8> {
+    if len < ETH_HLEN + 40 {
+        return Err(drop::INVALID_PACKET);
+    }
+    let v = load::<u8>(ctx, ETH_HLEN, drop::INVALID_PACKET)?;
+    if v >> 4 != 6 {
+        return Err(drop::INVALID_PACKET);
+    }
+    let payload = u16::from_be(load::<u16>(ctx, ETH_HLEN + 4, drop::INVALID_PACKET)?) as usize;
+    if len < ETH_HLEN + 40 + payload {
+        return Err(drop::INVALID_PACKET);
+    }
+    pkt.family = family::V6;
+    pkt.saddr = load::<[u8; 16]>(ctx, ETH_HLEN + 8, drop::INVALID_PACKET)?;
+    pkt.daddr = load::<[u8; 16]>(ctx, ETH_HLEN + 24, drop::INVALID_PACKET)?;
+    let mut nh = load::<u8>(ctx, ETH_HLEN + 6, drop::INVALID_PACKET)?;
+    let mut off = ETH_HLEN + 40;
+    for _ in 0..MAX_IPV6_EXT {
+        match nh {
+            IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
+                let hdr = load::<[u8; 2]>(ctx, off, drop::INVALID_IPV6_EXTENSION_HEADER)?;
+                nh = hdr[0];
+                off += (hdr[1] as usize + 1) * 8;
+            }
+            IPV6_AH => {
+                let hdr = load::<[u8; 2]>(ctx, off, drop::INVALID_IPV6_EXTENSION_HEADER)?;
+                nh = hdr[0];
+                off += (hdr[1] as usize + 2) * 4;
+            }
+            IPV6_FRAGMENT => {
+                let hdr = load::<[u8; 4]>(ctx, off, drop::INVALID_IPV6_EXTENSION_HEADER)?;
+                let frag_off = u16::from_be_bytes([hdr[2], hdr[3]]) >> 3;
+                if frag_off != 0 {
+                    return Err(drop::FRAG_NOT_SUPPORTED);
+                }
+                nh = hdr[0];
+                off += 8;
+            }
+            _ => {
+                pkt.proto = nh;
+                return Ok(off);
+            }
+        }
+        if off > len {
+            return Err(drop::INVALID_IPV6_EXTENSION_HEADER);
+        }
+    }
+    Err(drop::INVALID_IPV6_EXTENSION_HEADER)
+}
+
+#[inline(always)]
+fn parse_l4(ctx: &TcContext, len: usize, off: usize, pkt: &mut Packet) -> Result<Parsed, u8> {
+    const TRUNC: u8 = drop::CT_TRUNCATED_OR_INVALID_HEADER;
+    match pkt.proto {
+        proto::TCP => {
+            if len < off + 20 {
+                return Err(TRUNC);
+            }
+            let ports = load::<[u8; 4]>(ctx, off, TRUNC)?;
+            let hdr = load::<[u8; 2]>(ctx, off + 12, TRUNC)?;
+            let doff = (hdr[0] >> 4) as usize * 4;
+            if doff < 20 || len < off + doff {
+                return Err(TRUNC);
+            }
+            pkt.sport = u16::from_be_bytes([ports[0], ports[1]]);
+            pkt.dport = u16::from_be_bytes([ports[2], ports[3]]);
+            pkt.policy_port = pkt.dport;
+            pkt.tcp_flags = hdr[1];
+        }
+        proto::UDP => {
+            if len < off + 8 {
+                return Err(TRUNC);
+            }
+            let ports = load::<[u8; 4]>(ctx, off, TRUNC)?;
+            pkt.sport = u16::from_be_bytes([ports[0], ports[1]]);
+            pkt.dport = u16::from_be_bytes([ports[2], ports[3]]);
+            pkt.policy_port = pkt.dport;
+        }
+        proto::ICMP | proto::ICMPV6 => {
+            if len < off + 8 {
+                return Err(TRUNC);
+            }
+            let hdr = load::<[u8; 8]>(ctx, off, TRUNC)?;
+            pkt.icmp_type = hdr[0];
+            pkt.icmp_code = hdr[1];
+            pkt.policy_port = hdr[0] as u16;
+            let id = u16::from_be_bytes([hdr[4], hdr[5]]);
+            if pkt.proto == proto::ICMPV6 {
+                // Neighbour discovery and multicast listener messages keep IPv6 working; they
+                // are link-local control traffic, not connections.
+                if matches!(hdr[0], 130..=137 | 143) {
+                    return Ok(Parsed::Pass);
+                }
+                match hdr[0] {
+                    ICMPV6_ECHO_REQUEST => pkt.sport = id,
+                    ICMPV6_ECHO_REPLY => pkt.dport = id,
+                    _ => {}
+                }
+            } else {
+                match hdr[0] {
+                    ICMP_ECHO_REQUEST => pkt.sport = id,
+                    ICMP_ECHO_REPLY => pkt.dport = id,
+                    _ => {}
+                }
+            }
+        }
+        _ => return Err(drop::CT_UNKNOWN_L4_PROTOCOL),
+    }
+    Ok(Parsed::Ip(*pkt))
+}
+
+/// Atomic `*dst += v` (BPF_ATOMIC add).
+#[inline(always)]
+unsafe fn add(dst: *mut u64, v: u64) {
+    // SAFETY: the caller passes a pointer into a live map value.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(dst, v) };
+}
+
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_boot_ns() }
+}
+
+#[inline(always)]
+fn config() -> DatapathConfig {
+    match CONFIG.get(0) {
+        Some(c) => *c,
+        None => DatapathConfig::default(),
+    }
+}
+
+#[inline(always)]
+fn identity_of(fam: u8, addr: &[u8; 16]) -> u32 {
+    let key = LpmKey::new(
+        IpcacheKey::host_prefix_len(fam),
+        IpcacheKey { cluster_id: 0, pad: 0, family: fam, addr: *addr },
+    );
+    match IPCACHE.get(&key) {
+        Some(v) => v.identity,
+        None => IDENTITY_WORLD,
+    }
+}
+
+/// Outcome of the policy lookup for a new connection.
+struct Decision {
+    allowed: bool,
+    /// Drop reason when denied.
+    reason: u8,
+    match_type: u8,
+    rule_id: u32,
+}
+
+/// The lookups in order of specificity, with the match type each one reports. Deny entries win
+/// over allow entries whatever their specificity; among allows the most specific one is reported.
+#[inline(always)]
+fn policy_lookup(remote: u32, port: u16, l4: u8, direction: u8, bytes: u64) -> Decision {
+    let keys: [(u32, u16, u8, u8); 6] = [
+        (remote, port, l4, match_type::L3_L4),
+        (remote, 0, l4, match_type::L3_PROTO),
+        (remote, 0, 0, match_type::L3_ONLY),
+        (0, port, l4, match_type::L4_ONLY),
+        (0, 0, l4, match_type::PROTO_ONLY),
+        (0, 0, 0, match_type::ALL),
+    ];
+    let mut allow: Option<(u8, u32)> = None;
+    let mut i = 0;
+    while i < keys.len() {
+        let (id, p, pr, mt) = keys[i];
+        i += 1;
+        // With port 0 (e.g. ICMP echo reply type) the port-specific keys equal the wildcard ones.
+        if port == 0 && (mt == match_type::L3_L4 || mt == match_type::L4_ONLY) {
+            continue;
+        }
+        let key = PolicyKey::new(id, p, pr, direction);
+        if let Some(e) = POLICY.get_ptr_mut(&key) {
+            // SAFETY: the pointer is a live map value; counters are updated atomically.
+            let (flags, rule_id) = unsafe {
+                add(&raw mut (*e).packets, 1);
+                add(&raw mut (*e).bytes, bytes);
+                ((*e).flags, (*e).rule_id)
+            };
+            if flags & POLICY_F_DENY != 0 {
+                return Decision { allowed: false, reason: drop::POLICY_DENY, match_type: mt, rule_id };
+            }
+            if allow.is_none() {
+                allow = Some((mt, rule_id));
+            }
+        }
+    }
+    match allow {
+        Some((mt, rule_id)) => Decision { allowed: true, reason: 0, match_type: mt, rule_id },
+        None => Decision {
+            allowed: false,
+            reason: drop::POLICY_DENIED,
+            match_type: match_type::NONE,
+            rule_id: 0,
+        },
+    }
+}
+
+#[inline(always)]
+fn count(kind: u32, direction: u8, reason: u8, bytes: u64) {
+    if let Some(m) = METRICS.get_ptr_mut(metrics_index(kind, direction, reason)) {
+        // SAFETY: per-CPU value, only this CPU writes it.
+        unsafe {
+            (*m).count += 1;
+            (*m).bytes += bytes;
+        }
+    }
+}
+
+/// Fills the per-CPU scratch event with the packet's fields and returns it.
+#[inline(always)]
+fn event(ctx: &TcContext, pkt: Option<&Packet>, kind: u8, sub: u8, direction: u8) -> Option<*mut FlowEvent> {
+    let ev = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch value, used by this CPU only for the duration of this program.
+    unsafe {
+        *ev = FlowEvent::default();
+        let e = &mut *ev;
+        e.kind = kind;
+        e.version = EVENT_VERSION;
+        e.sub_type = sub;
+        e.direction = direction;
+        e.ep_id = core::ptr::read_volatile(&PSC_ENDPOINT_ID) as u16;
+        e.ifindex = (*ctx.skb.skb).ifindex;
+        e.ts_ns = now_ns();
+        e.pkt_len = ctx.len();
+        if let Ok(macs) = ctx.load::<[u8; 12]>(0) {
+            e.dst_mac.copy_from_slice(&macs[..6]);
+            e.src_mac.copy_from_slice(&macs[6..]);
+        }
+        if let Some(p) = pkt {
+            if p.family == family::V6 {
+                e.flags |= EV_F_IPV6;
+            }
+            e.proto = p.proto;
+            e.tcp_flags = p.tcp_flags;
+            e.icmp_type = p.icmp_type;
+            e.icmp_code = p.icmp_code;
+            if p.proto == proto::TCP || p.proto == proto::UDP {
+                e.src_port = p.sport;
+                e.dst_port = p.dport;
+            }
+            e.src_ip = p.saddr;
+            e.dst_ip = p.daddr;
+        }
+    }
+    Some(ev)
+}
+
+#[inline(always)]
+fn emit(ctx: &TcContext, ev: *mut FlowEvent, direction: u8) {
+    // SAFETY: `ev` points to the per-CPU scratch event; the helper copies it into the ring.
+    let rc = unsafe {
+        bpf_perf_event_output(
+            ctx.as_ptr(),
+            (&raw const EVENTS).cast_mut().cast(),
+            BPF_F_CURRENT_CPU,
+            ev.cast(),
+            core::mem::size_of::<FlowEvent>() as u64,
+        )
+    };
+    if rc == 0 {
+        count(metric::EVENTS_SENT, direction, 0, 0);
+    } else {
+        count(metric::EVENTS_LOST, direction, 0, 0);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn drop_packet(
+    ctx: &TcContext,
+    pkt: Option<&Packet>,
+    direction: u8,
+    reason: u8,
+    src_id: u32,
+    dst_id: u32,
+    mt: u8,
+    rule_id: u32,
+) -> i32 {
+    count(metric::PACKETS, direction, reason, ctx.len() as u64);
+    if let Some(ev) = event(ctx, pkt, msg::DROP, reason, direction) {
+        // SAFETY: scratch event, see `event`.
+        unsafe {
+            (*ev).verdict = verdict::DROPPED;
+            (*ev).src_identity = src_id;
+            (*ev).dst_identity = dst_id;
+            (*ev).match_type = mt;
+            (*ev).rule_id = rule_id;
+        }
+        emit(ctx, ev, direction);
+    }
+    TC_ACT_SHOT
+}
+
+/// Where a packet stands in connection tracking.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CtState {
+    New,
+    Established,
+    Reply,
+}
+
+#[inline(always)]
+fn process(ctx: &TcContext, pkt: &Packet, direction: u8) -> Result<i32, u8> {
+    let ep_id = unsafe { core::ptr::read_volatile(&PSC_ENDPOINT_ID) };
+    // SAFETY: read-only copy of a map value.
+    let ep = match unsafe { ENDPOINTS.get(&ep_id) } {
+        Some(ep) => *ep,
+        None => return Err(drop::NO_CONFIGURATION),
+    };
+
+    // Anti-spoofing: what leaves the pod must carry the pod's own address.
+    if direction == dir::EGRESS && !source_is_endpoint(pkt, &ep) {
+        return Err(drop::INVALID_SOURCE_IP);
+    }
+
+    let (src_id, dst_id) = if direction == dir::EGRESS {
+        (ep.identity, identity_of(pkt.family, &pkt.daddr))
+    } else {
+        (identity_of(pkt.family, &pkt.saddr), ep.identity)
+    };
+    let remote = if direction == dir::EGRESS { dst_id } else { src_id };
+    let cfg = config();
+    let now = now_ns();
+    let bytes = pkt.len as u64;
+
+    // Connection tracking: the packet's own tuple in this scope, then the reversed tuple in the
+    // opposite scope (a reply to a connection opened the other way).
+    let fwd = CtKey {
+        saddr: pkt.saddr,
+        daddr: pkt.daddr,
+        sport: pkt.sport,
+        dport: pkt.dport,
+        proto: pkt.proto,
+        scope: direction,
+        family: pkt.family,
+        pad: 0,
+    };
+    let rev = CtKey {
+        saddr: pkt.daddr,
+        daddr: pkt.saddr,
+        sport: pkt.dport,
+        dport: pkt.sport,
+        proto: pkt.proto,
+        scope: if direction == dir::EGRESS { CT_SCOPE_INGRESS } else { CT_SCOPE_EGRESS },
+        family: pkt.family,
+        pad: 0,
+    };
+    let syn_only = pkt.proto == proto::TCP && pkt.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN;
+
+    let mut state = CtState::New;
+    let mut entry: *mut CtEntry = core::ptr::null_mut();
+    if let Some(e) = CT.get_ptr_mut(&fwd) {
+        // SAFETY: live map value.
+        let (expired, closing) = unsafe {
+            ((*e).expires_ns < now, (*e).flags & (CT_F_CLOSING_TX | CT_F_CLOSING_RX) != 0)
+        };
+        if expired || (closing && syn_only) {
+            let _ = CT.remove(&fwd);
+        } else {
+            state = CtState::Established;
+            entry = e;
+        }
+    }
+    if state == CtState::New {
+        if let Some(e) = CT.get_ptr_mut(&rev) {
+            // SAFETY: live map value.
+            if unsafe { (*e).expires_ns } >= now {
+                state = CtState::Reply;
+                entry = e;
+            }
+        }
+    }
+
+    let mut ev_flags = 0u8;
+    let mut new_conn = false;
+    if state == CtState::New {
+        let d = policy_lookup(remote, pkt.policy_port, pkt.proto, direction, bytes);
+        let audit_bit = if direction == dir::INGRESS { EP_F_AUDIT_INGRESS } else { EP_F_AUDIT_EGRESS };
+        let audit = !d.allowed && ep.flags & audit_bit != 0;
+        // The policy-verdict notification for the new connection.
+        if let Some(ev) = event(ctx, Some(pkt), msg::POLICY_VERDICT, 0, direction) {
+            // SAFETY: scratch event.
+            unsafe {
+                (*ev).verdict = if d.allowed {
+                    verdict::FORWARDED
+                } else if audit {
+                    verdict::AUDIT
+                } else {
+                    verdict::DROPPED
+                };
+                (*ev).src_identity = src_id;
+                (*ev).dst_identity = dst_id;
+                (*ev).match_type = d.match_type;
+                (*ev).rule_id = d.rule_id;
+                (*ev).flags |= EV_F_NEW | EV_F_REPLY_KNOWN;
+                if !d.allowed && !audit {
+                    (*ev).sub_type = d.reason;
+                }
+            }
+            emit(ctx, ev, direction);
+        }
+        if !d.allowed && !audit {
+            return Ok(drop_packet(ctx, Some(pkt), direction, d.reason, src_id, dst_id, d.match_type, d.rule_id));
+        }
+        let lifetime = if pkt.proto == proto::TCP { cfg.ct_syn_lifetime_ns } else { cfg.ct_other_lifetime_ns };
+        let ct = CtEntry {
+            expires_ns: now + lifetime,
+            last_report_ns: now,
+            tx_packets: 0,
+            tx_bytes: 0,
+            rx_packets: 0,
+            rx_bytes: 0,
+            remote_identity: remote,
+            tx_flags_seen: 0,
+            rx_flags_seen: 0,
+            flags: if audit { CT_F_AUDIT } else { 0 },
+            match_type: d.match_type,
+            rule_id: d.rule_id,
+            ep_id: ep_id as u16,
+            pad: [0; 2],
+        };
+        if CT.insert(&fwd, &ct, BPF_NOEXIST as u64).is_err() && CT.get_ptr_mut(&fwd).is_none() {
+            return Err(drop::CT_MAP_INSERTION_FAILED);
+        }
+        match CT.get_ptr_mut(&fwd) {
+            Some(e) => entry = e,
+            None => return Err(drop::CT_MAP_INSERTION_FAILED),
+        }
+        new_conn = true;
+        ev_flags |= EV_F_NEW;
+        state = CtState::Established;
+    }
+
+    // Update the connection's counters, flags and lifetime, and decide whether this packet is
+    // reported under the aggregation level.
+    let is_reply = state == CtState::Reply;
+    let mut report = false;
+    // SAFETY: `entry` is a live map value found or inserted above; counters are atomic, flag
+    // updates are benign races (an OR of bits).
+    let (txp, txb, rxp, rxb) = unsafe {
+        let e = &mut *entry;
+        let (pk, by) = if is_reply {
+            (&raw mut e.rx_packets, &raw mut e.rx_bytes)
+        } else {
+            (&raw mut e.tx_packets, &raw mut e.tx_bytes)
+        };
+        add(pk, 1);
+        add(by, bytes);
+        let seen = if is_reply { e.rx_flags_seen } else { e.tx_flags_seen };
+        let new_flags = pkt.tcp_flags & !seen;
+        if pkt.proto == proto::TCP {
+            if is_reply {
+                e.rx_flags_seen |= pkt.tcp_flags;
+            } else {
+                e.tx_flags_seen |= pkt.tcp_flags;
+            }
+            if pkt.tcp_flags & (tcp::FIN | tcp::RST) != 0 {
+                e.flags |= if is_reply { CT_F_CLOSING_RX } else { CT_F_CLOSING_TX };
+            }
+        }
+        if is_reply {
+            e.flags |= CT_F_SEEN_REPLY;
+        }
+        let closing = e.flags & (CT_F_CLOSING_TX | CT_F_CLOSING_RX);
+        let lifetime = if pkt.proto != proto::TCP {
+            cfg.ct_other_lifetime_ns
+        } else if pkt.tcp_flags & tcp::RST != 0 || closing == (CT_F_CLOSING_TX | CT_F_CLOSING_RX) {
+            cfg.ct_close_lifetime_ns
+        } else if e.rx_flags_seen & tcp::ACK != 0 {
+            cfg.ct_tcp_lifetime_ns
+        } else {
+            cfg.ct_syn_lifetime_ns
+        };
+        e.expires_ns = now + lifetime;
+
+        match cfg.aggregation {
+            aggregation::NONE => report = true,
+            level => {
+                if new_conn {
+                    report = true;
+                } else {
+                    let interesting = if level >= aggregation::MAXIMUM {
+                        new_flags & (tcp::FIN | tcp::RST)
+                    } else {
+                        new_flags
+                    };
+                    if interesting != 0 {
+                        report = true;
+                    } else if now.saturating_sub(e.last_report_ns) >= cfg.report_interval_ns {
+                        report = true;
+                        ev_flags |= EV_F_REPORT;
+                    }
+                }
+            }
+        }
+        if report {
+            e.last_report_ns = now;
+        }
+        (e.tx_packets, e.tx_bytes, e.rx_packets, e.rx_bytes)
+    };
+
+    count(metric::PACKETS, direction, 0, bytes);
+    if report {
+        if let Some(ev) = event(ctx, Some(pkt), msg::TRACE, trace_point(direction), direction) {
+            // SAFETY: scratch event; `entry` as above.
+            unsafe {
+                (*ev).verdict = verdict::FORWARDED;
+                (*ev).src_identity = src_id;
+                (*ev).dst_identity = dst_id;
+                (*ev).flags |= ev_flags | EV_F_REPLY_KNOWN | if is_reply { EV_F_REPLY } else { 0 };
+                (*ev).match_type = (*entry).match_type;
+                (*ev).rule_id = (*entry).rule_id;
+                (*ev).ct_tx_packets = txp;
+                (*ev).ct_tx_bytes = txb;
+                (*ev).ct_rx_packets = rxp;
+                (*ev).ct_rx_bytes = rxb;
+            }
+            emit(ctx, ev, direction);
+        }
+    }
+    Ok(TC_ACT_OK)
+}
+
+#[inline(always)]
+fn trace_point(direction: u8) -> u8 {
+    if direction == dir::EGRESS { obs::FROM_ENDPOINT } else { obs::TO_ENDPOINT }
+}
+
+#[inline(always)]
+fn source_is_endpoint(pkt: &Packet, ep: &EndpointInfo) -> bool {
+    if pkt.family == family::V4 {
+        ep.flags & EP_F_HAS_IPV4 != 0 && pkt.saddr[..4] == ep.ipv4
+    } else {
+        ep.flags & EP_F_HAS_IPV6 != 0 && pkt.saddr == ep.ipv6
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,327 @@
+#![forbid(unsafe_code)]
+//! The topology file: nodes and the pods (endpoints) on them, with namespaces, labels and IPs.
+//!
+//! The same file drives the test bed (which creates the pods as network namespaces) and the agent
+//! (which turns the pods of its node into endpoints with identities). Format, in YAML:
+//!
+//! ```yaml
+//! cluster: default            # optional; cluster name (default "default")
+//! nodes:                      # at least one
+//!   - name: node-1
+//! pods:
+//!   - name: frontend-1        # unique per namespace; DNS-label syntax
+//!     namespace: shop         # required for endpoints
+//!     node: node-1            # must name a node above
+//!     labels: {app: frontend} # security-relevant labels (become the identity)
+//!     ips: [10.200.1.10, "fd00:200::1:10"]  # one IPv4 and/or one IPv6, unique in the file
+//!     external: false         # optional; true = a host outside the cluster: no endpoint,
+//!                             #   no policy, identity "world" (or a CIDR identity)
+//!     interface: lxc0a1b2c3d  # optional; host-side interface name (default: see host_ifname)
+//!     workload: {kind: Deployment, name: frontend}  # optional
+//! ```
+//!
+//! Every error names the file and the offending field or pod.
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A parsed and validated topology.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    /// Cluster name.
+    #[serde(default = "default_cluster")]
+    pub cluster: String,
+    /// The nodes.
+    pub nodes: Vec<Node>,
+    /// The pods, VMs and hosts.
+    #[serde(default)]
+    pub pods: Vec<Pod>,
+}
+
+fn default_cluster() -> String {
+    "default".to_string()
+}
+
+/// A node: one agent, one set of pinned datapath maps.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    /// Node name.
+    pub name: String,
+}
+
+/// The owning workload of a pod.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    /// Kind, e.g. `Deployment`.
+    pub kind: String,
+    /// Name.
+    pub name: String,
+}
+
+/// A pod (or VM, or bare-metal host) with its addresses and labels.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Pod {
+    /// Name, unique within its namespace.
+    pub name: String,
+    /// Namespace (empty for external hosts).
+    #[serde(default)]
+    pub namespace: String,
+    /// Node the pod runs on.
+    pub node: String,
+    /// Labels (key → value).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Addresses: at most one IPv4 and one IPv6.
+    pub ips: Vec<IpAddr>,
+    /// A host outside the cluster: attached to the node's network but not an endpoint.
+    #[serde(default)]
+    pub external: bool,
+    /// Host-side interface name; default [`host_ifname`] of namespace and name.
+    #[serde(default)]
+    pub interface: Option<String>,
+    /// Owning workload.
+    #[serde(default)]
+    pub workload: Option<Workload>,
+}
+
+impl Pod {
+    /// `namespace/name`, or `name` for pods without namespace.
+    pub fn full_name(&self) -> String {
+        if self.namespace.is_empty() {
+            self.name.clone()
+        } else {
+            format!("{}/{}", self.namespace, self.name)
+        }
+    }
+
+    /// The IPv4 address, if any.
+    pub fn ipv4(&self) -> Option<Ipv4Addr> {
+        self.ips.iter().find_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(*v4),
+            IpAddr::V6(_) => None,
+        })
+    }
+
+    /// The IPv6 address, if any.
+    pub fn ipv6(&self) -> Option<Ipv6Addr> {
+        self.ips.iter().find_map(|ip| match ip {
+            IpAddr::V6(v6) => Some(*v6),
+            IpAddr::V4(_) => None,
+        })
+    }
+
+    /// The host-side interface name of this pod's veth.
+    pub fn host_ifname(&self) -> String {
+        self.interface.clone().unwrap_or_else(|| host_ifname(&self.namespace, &self.name))
+    }
+}
+
+/// Default host-side interface name of a pod: `lxc` + 8 hex digits of a hash of
+/// `namespace/name` (Cilium's naming style; 11 characters, within IFNAMSIZ).
+pub fn host_ifname(namespace: &str, name: &str) -> String {
+    // FNV-1a, 32 bits: stable across versions and platforms.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in namespace.bytes().chain(std::iter::once(b'/')).chain(name.bytes()) {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("lxc{h:08x}")
+}
+
+/// Why a topology file was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    /// The file could not be read.
+    #[error("topology {path}: cannot read: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// YAML syntax or schema error (unknown field, wrong type, bad IP…).
+    #[error("topology {path}: {source}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// Cause, with line and column.
+        source: serde_yaml::Error,
+    },
+    /// A semantic error.
+    #[error("topology {path}: {field}: {reason}")]
+    Invalid {
+        /// File.
+        path: PathBuf,
+        /// The offending field, e.g. `pods[3] (shop/db).node`.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl Topology {
+    /// Reads and validates a topology file.
+    pub fn load(path: &Path) -> Result<Self, TopologyError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| TopologyError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates topology YAML; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, TopologyError> {
+        let topo: Topology = serde_yaml::from_str(text)
+            .map_err(|source| TopologyError::Parse { path: path.to_path_buf(), source })?;
+        topo.validate(path)?;
+        Ok(topo)
+    }
+
+    /// Checks names, references and uniqueness.
+    pub fn validate(&self, path: &Path) -> Result<(), TopologyError> {
+        let invalid = |field: String, reason: String| TopologyError::Invalid {
+            path: path.to_path_buf(),
+            field,
+            reason,
+        };
+        if self.nodes.is_empty() {
+            return Err(invalid("nodes".into(), "at least one node is required".into()));
+        }
+        let mut nodes = HashSet::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            check_dns_name(&n.name).map_err(|r| invalid(format!("nodes[{i}].name"), r))?;
+            if !nodes.insert(n.name.as_str()) {
+                return Err(invalid(format!("nodes[{i}].name"), format!("duplicate node {:?}", n.name)));
+            }
+        }
+        let mut pods = HashSet::new();
+        let mut ips = HashSet::new();
+        let mut ifnames = HashSet::new();
+        for (i, p) in self.pods.iter().enumerate() {
+            let at = |f: &str| format!("pods[{i}] ({}).{f}", p.full_name());
+            check_dns_name(&p.name).map_err(|r| invalid(at("name"), r))?;
+            if !p.namespace.is_empty() {
+                check_dns_name(&p.namespace).map_err(|r| invalid(at("namespace"), r))?;
+            } else if !p.external {
+                return Err(invalid(at("namespace"), "required for endpoints (external: false)".into()));
+            }
+            if !nodes.contains(p.node.as_str()) {
+                return Err(invalid(at("node"), format!("no node named {:?} in nodes", p.node)));
+            }
+            if !pods.insert(p.full_name()) {
+                return Err(invalid(at("name"), "duplicate pod".into()));
+            }
+            if p.ips.is_empty() {
+                return Err(invalid(at("ips"), "at least one address is required".into()));
+            }
+            if p.ips.iter().filter(|ip| ip.is_ipv4()).count() > 1
+                || p.ips.iter().filter(|ip| ip.is_ipv6()).count() > 1
+            {
+                return Err(invalid(at("ips"), "at most one IPv4 and one IPv6 address".into()));
+            }
+            for ip in &p.ips {
+                if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() {
+                    return Err(invalid(at("ips"), format!("{ip} cannot be a pod address")));
+                }
+                if !ips.insert(*ip) {
+                    return Err(invalid(at("ips"), format!("{ip} is used by another pod")));
+                }
+            }
+            for (k, v) in &p.labels {
+                check_label(k, v).map_err(|r| invalid(at(&format!("labels.{k}")), r))?;
+            }
+            let ifname = p.host_ifname();
+            if ifname.is_empty() || ifname.len() > 15 || ifname.contains(['/', ' ']) {
+                return Err(invalid(at("interface"), format!("{ifname:?} is not a valid interface name")));
+            }
+            if !ifnames.insert((p.node.clone(), ifname.clone())) {
+                return Err(invalid(at("interface"), format!("{ifname} is used twice on node {}", p.node)));
+            }
+        }
+        Ok(())
+    }
+
+    /// The pods of `node` that are endpoints (not external).
+    pub fn endpoints_of<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Pod> + 'a {
+        self.pods.iter().filter(move |p| p.node == node && !p.external)
+    }
+
+    /// Finds a pod by `namespace/name` or bare name (when unique).
+    pub fn pod(&self, name: &str) -> Option<&Pod> {
+        self.pods.iter().find(|p| p.full_name() == name).or_else(|| {
+            let mut it = self.pods.iter().filter(|p| p.name == name);
+            let first = it.next()?;
+            it.next().is_none().then_some(first)
+        })
+    }
+}
+
+fn check_dns_name(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !s.starts_with(['-', '.'])
+        && !s.ends_with(['-', '.']);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{s:?} is not a valid name (lower-case letters, digits, '-', '.'; at most 63)"))
+    }
+}
+
+fn check_label(k: &str, v: &str) -> Result<(), String> {
+    let name = k.rsplit('/').next().unwrap_or(k);
+    let valid = |s: &str| s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if name.is_empty() || name.len() > 63 || !valid(name) || (k.len() - name.len() > 254) {
+        return Err(format!("invalid label key {k:?}"));
+    }
+    if v.len() > 63 || !valid(v) {
+        return Err(format!("invalid label value {v:?}"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+nodes: [{name: node-1}]
+pods:
+  - {name: a, namespace: ns1, node: node-1, labels: {app: a}, ips: [10.200.0.1, "fd00::1"]}
+  - {name: w, node: node-1, external: true, ips: [192.0.2.1]}
+"#;
+
+    #[test]
+    fn parses_and_derives_names() {
+        let t = Topology::parse(GOOD, Path::new("t.yaml")).unwrap();
+        assert_eq!(t.cluster, "default");
+        let a = t.pod("ns1/a").unwrap();
+        assert_eq!(a.ipv4(), Some(Ipv4Addr::new(10, 200, 0, 1)));
+        assert_eq!(a.ipv6(), Some("fd00::1".parse().unwrap()));
+        assert_eq!(a.host_ifname(), host_ifname("ns1", "a"));
+        assert_eq!(a.host_ifname().len(), 11);
+        assert_eq!(t.endpoints_of("node-1").count(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (GOOD.replace("node: node-1, labels", "node: nope, labels"), "pods[0] (ns1/a).node"),
+            (GOOD.replace("192.0.2.1", "10.200.0.1"), "pods[1] (w).ips"),
+            (GOOD.replace("app: a", "\"bad key!\": a"), "labels.bad key!"),
+            (GOOD.replace("{name: node-1}", "{name: node-1, color: red}"), "unknown field `color`"),
+            (GOOD.replace("10.200.0.1,", "10.200.0.300,"), "t.yaml"),
+            (GOOD.replace("namespace: ns1, ", ""), "required for endpoints"),
+        ];
+        for (yaml, needle) in cases {
+            let err = Topology::parse(&yaml, Path::new("t.yaml")).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err:?} should contain {needle:?}");
+            assert!(err.contains("t.yaml"), "{err:?} should name the file");
+        }
+    }
+}

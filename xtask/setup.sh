@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Idempotent machine setup for Periscope (Debian 12, root). Run by `cargo xtask setup`,
+# and by `cargo xtask demo` / `cargo xtask test` before they build anything.
+# On a ready machine every step is a cheap check.
+set -euo pipefail
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+# Debian packages used by the tests, the demo and the benchmarks.
+APT_PKGS=(iproute2 iperf3 bpftool iptables protobuf-compiler python3 netcat-openbsd tcpdump)
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Nightly toolchain with rust-src: the eBPF crate is built with -Z build-std=core.
+if ! rustup toolchain list | grep -q '^nightly'; then
+  log "installing the nightly toolchain"
+  rustup toolchain install nightly --profile minimal
+fi
+if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
+  log "adding rust-src to nightly"
+  rustup component add rust-src --toolchain nightly
+fi
+
+# bpf-linker linked against the LLVM that ships inside the nightly toolchain (same LLVM major as the
+# rustc that compiles the eBPF crate), with an rpath so it runs without LD_LIBRARY_PATH.
+NS=$(rustc +nightly --print sysroot)
+if ! bpf-linker --version >/dev/null 2>&1; then
+  LLVM_SO=$(ls "$NS"/lib/libLLVM.so.* 2>/dev/null | head -n1 || true)
+  [ -n "$LLVM_SO" ] || { log "no libLLVM in the nightly toolchain at $NS/lib"; exit 1; }
+  major=$(basename "$LLVM_SO" | sed -E 's/^libLLVM\.so\.([0-9]+).*/\1/')
+  PREFIX="${CARGO_HOME:-$HOME/.cargo}/periscope-llvm"
+  mkdir -p "$PREFIX/lib"
+  ln -sf "$LLVM_SO" "$PREFIX/lib/libLLVM.so"
+  log "building bpf-linker 0.13.0 against LLVM $major from the nightly toolchain"
+  RUSTFLAGS="-C link-arg=-Wl,-rpath,$NS/lib" LLVM_PREFIX="$PREFIX" \
+    cargo +stable install bpf-linker --version 0.13.0 --no-default-features --features "llvm-$major"
+fi
+
+# bpffs for pinned maps and programs.
+if ! mountpoint -q /sys/fs/bpf; then
+  log "mounting bpffs on /sys/fs/bpf"
+  mount -t bpf bpf /sys/fs/bpf
+fi
+log "ready"
