@@ -1,0 +1,46 @@
+//! Hubble-compatible API types for Periscope (Cilium API v1.14 wire format).
+//!
+//! The `.proto` files live in `proto/api/` (include root for `protoc -I`); the code is
+//! generated at build time by `tonic-prost-build` with a vendored `protoc`.
+//!
+//! - Messages and enums are always available, with well-known types from
+//!   [`prost_types`] (`Timestamp`, `BoolValue` as `Option<bool>`, ...).
+//! - Feature `server`: `observer::observer_server` and `peer::peer_server`.
+//! - Feature `client`: `observer::observer_client` and `peer::peer_client`
+//!   (including `connect(addr)`).
+//! - Without features the crate does not depend on tonic at all.
+//!
+//! Fields marked `[deprecated = true]` in the schema (e.g. `Flow.Summary`) are
+//! *not* deprecated in Rust: Hubble clients still read them, so producers fill them.
+
+#![forbid(unsafe_code)]
+
+/// Package `flow`: `Flow`, its sub-messages, `FlowFilter`, events and enums.
+pub mod flow {
+    include!(concat!(env!("OUT_DIR"), "/flow.rs"));
+}
+
+/// Package `relay`: node status notices sent by the relay inside `GetFlows`.
+pub mod relay {
+    include!(concat!(env!("OUT_DIR"), "/relay.rs"));
+}
+
+/// Package `peer`: the `peer.Peer` service (peer discovery for relays).
+pub mod peer {
+    include!(concat!(env!("OUT_DIR"), "/peer.rs"));
+}
+
+/// Package `observer`: the `observer.Observer` service and its messages.
+pub mod observer {
+    include!(concat!(env!("OUT_DIR"), "/observer.rs"));
+}
+
+pub mod util;
+
+/// Encoded `google.protobuf.FileDescriptorSet` of every file above, including the
+/// imported `google/protobuf/*.proto` files (for gRPC server reflection).
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/periscope_proto_descriptor.bin"));
+
+#[cfg(test)]
+mod tests;

@@ -225,7 +225,7 @@ pub mod capacity {
 /// Cilium's `ipcache_key` layout). The prefix length counts bits from `cluster_id` on: the 32 bits
 /// of `cluster_id`, `pad` and `family`, plus the address prefix — see [`IpcacheKey::prefix_len`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct IpcacheKey {
     /// Cluster of the address (0 = local cluster).
     pub cluster_id: u16,
@@ -249,7 +249,11 @@ impl IpcacheKey {
 
     /// Full-length prefix of an address of `family`.
     pub const fn host_prefix_len(family: u8) -> u32 {
-        if family == family::V4 { Self::prefix_len(32) } else { Self::prefix_len(128) }
+        if family == family::V4 {
+            Self::prefix_len(32)
+        } else {
+            Self::prefix_len(128)
+        }
     }
 }
 
@@ -324,7 +328,12 @@ const _: () = assert!(core::mem::size_of::<PolicyKey>() == 8);
 impl PolicyKey {
     /// Key for identity/port(host order)/protocol/direction.
     pub const fn new(identity: u32, dport: u16, proto: u8, direction: u8) -> Self {
-        PolicyKey { identity, dport_be: dport.to_be(), proto, direction }
+        PolicyKey {
+            identity,
+            dport_be: dport.to_be(),
+            proto,
+            direction,
+        }
     }
     /// Destination port in host order.
     pub const fn dport(&self) -> u16 {

@@ -21,6 +21,7 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{BPF_F_CURRENT_CPU, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
     helpers::{bpf_ktime_get_boot_ns, bpf_perf_event_output},
     macros::{classifier, map},
@@ -28,15 +29,14 @@ use aya_ebpf::{
         Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerfEventArray, lpm_trie::Key as LpmKey,
     },
     programs::TcContext,
-    EbpfContext,
 };
 use periscope_datapath_common::{
-    aggregation, capacity, dir, drop, family, match_type, metric, metrics_index, msg, obs, proto,
-    tcp, verdict, CtEntry, CtKey, DatapathConfig, EndpointInfo, FlowEvent, IpcacheKey,
-    IpcacheValue, MetricsValue, PolicyEntry, PolicyKey, CT_F_AUDIT, CT_F_CLOSING_RX,
-    CT_F_CLOSING_TX, CT_F_SEEN_REPLY, CT_SCOPE_EGRESS, CT_SCOPE_INGRESS, EP_F_AUDIT_EGRESS,
-    EP_F_AUDIT_INGRESS, EP_F_HAS_IPV4, EP_F_HAS_IPV6, EVENT_VERSION, EV_F_IPV6, EV_F_NEW,
-    EV_F_REPLY, EV_F_REPLY_KNOWN, EV_F_REPORT, IDENTITY_WORLD, POLICY_F_DENY,
+    CT_F_AUDIT, CT_F_CLOSING_RX, CT_F_CLOSING_TX, CT_F_SEEN_REPLY, CT_SCOPE_EGRESS,
+    CT_SCOPE_INGRESS, CtEntry, CtKey, DatapathConfig, EP_F_AUDIT_EGRESS, EP_F_AUDIT_INGRESS,
+    EP_F_HAS_IPV4, EP_F_HAS_IPV6, EV_F_IPV6, EV_F_NEW, EV_F_REPLY, EV_F_REPLY_KNOWN, EV_F_REPORT,
+    EVENT_VERSION, EndpointInfo, FlowEvent, IDENTITY_WORLD, IpcacheKey, IpcacheValue, MetricsValue,
+    POLICY_F_DENY, PolicyEntry, PolicyKey, aggregation, capacity, dir, drop, family, match_type,
+    metric, metrics_index, msg, obs, proto, tcp, verdict,
 };
 
 /// Endpoint id of this program instance, set by the loader.
@@ -62,8 +62,7 @@ static METRICS: PerCpuArray<MetricsValue> = PerCpuArray::pinned(capacity::METRIC
 static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
 
 #[map(name = "PSC_POLICY")]
-static POLICY: HashMap<PolicyKey, PolicyEntry> =
-    HashMap::with_max_entries(capacity::POLICY, 0);
+static POLICY: HashMap<PolicyKey, PolicyEntry> = HashMap::with_max_entries(capacity::POLICY, 0);
 
 /// Per-CPU scratch space for building an event (keeps 128 bytes off the 512-byte stack).
 #[map(name = "PSC_SCRATCH")]
@@ -333,7 +332,12 @@ fn config() -> DatapathConfig {
 fn identity_of(fam: u8, addr: &[u8; 16]) -> u32 {
     let key = LpmKey::new(
         IpcacheKey::host_prefix_len(fam),
-        IpcacheKey { cluster_id: 0, pad: 0, family: fam, addr: *addr },
+        IpcacheKey {
+            cluster_id: 0,
+            pad: 0,
+            family: fam,
+            addr: *addr,
+        },
     );
     match IPCACHE.get(&key) {
         Some(v) => v.identity,
@@ -380,7 +384,12 @@ fn policy_lookup(remote: u32, port: u16, l4: u8, direction: u8, bytes: u64) -> D
                 ((*e).flags, (*e).rule_id)
             };
             if flags & POLICY_F_DENY != 0 {
-                return Decision { allowed: false, reason: drop::POLICY_DENY, match_type: mt, rule_id };
+                return Decision {
+                    allowed: false,
+                    reason: drop::POLICY_DENY,
+                    match_type: mt,
+                    rule_id,
+                };
             }
             if allow.is_none() {
                 allow = Some((mt, rule_id));
@@ -388,7 +397,12 @@ fn policy_lookup(remote: u32, port: u16, l4: u8, direction: u8, bytes: u64) -> D
         }
     }
     match allow {
-        Some((mt, rule_id)) => Decision { allowed: true, reason: 0, match_type: mt, rule_id },
+        Some((mt, rule_id)) => Decision {
+            allowed: true,
+            reason: 0,
+            match_type: mt,
+            rule_id,
+        },
         None => Decision {
             allowed: false,
             reason: drop::POLICY_DENIED,
@@ -411,7 +425,13 @@ fn count(kind: u32, direction: u8, reason: u8, bytes: u64) {
 
 /// Fills the per-CPU scratch event with the packet's fields and returns it.
 #[inline(always)]
-fn event(ctx: &TcContext, pkt: Option<&Packet>, kind: u8, sub: u8, direction: u8) -> Option<*mut FlowEvent> {
+fn event(
+    ctx: &TcContext,
+    pkt: Option<&Packet>,
+    kind: u8,
+    sub: u8,
+    direction: u8,
+) -> Option<*mut FlowEvent> {
     let ev = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch value, used by this CPU only for the duration of this program.
     unsafe {
@@ -521,7 +541,11 @@ fn process(ctx: &TcContext, pkt: &Packet, direction: u8) -> Result<i32, u8> {
     } else {
         (identity_of(pkt.family, &pkt.saddr), ep.identity)
     };
-    let remote = if direction == dir::EGRESS { dst_id } else { src_id };
+    let remote = if direction == dir::EGRESS {
+        dst_id
+    } else {
+        src_id
+    };
     let cfg = config();
     let now = now_ns();
     let bytes = pkt.len as u64;
@@ -544,7 +568,11 @@ fn process(ctx: &TcContext, pkt: &Packet, direction: u8) -> Result<i32, u8> {
         sport: pkt.dport,
         dport: pkt.sport,
         proto: pkt.proto,
-        scope: if direction == dir::EGRESS { CT_SCOPE_INGRESS } else { CT_SCOPE_EGRESS },
+        scope: if direction == dir::EGRESS {
+            CT_SCOPE_INGRESS
+        } else {
+            CT_SCOPE_EGRESS
+        },
         family: pkt.family,
         pad: 0,
     };
@@ -555,7 +583,10 @@ fn process(ctx: &TcContext, pkt: &Packet, direction: u8) -> Result<i32, u8> {
     if let Some(e) = CT.get_ptr_mut(&fwd) {
         // SAFETY: live map value.
         let (expired, closing) = unsafe {
-            ((*e).expires_ns < now, (*e).flags & (CT_F_CLOSING_TX | CT_F_CLOSING_RX) != 0)
+            (
+                (*e).expires_ns < now,
+                (*e).flags & (CT_F_CLOSING_TX | CT_F_CLOSING_RX) != 0,
+            )
         };
         if expired || (closing && syn_only) {
             let _ = CT.remove(&fwd);
@@ -578,7 +609,11 @@ fn process(ctx: &TcContext, pkt: &Packet, direction: u8) -> Result<i32, u8> {
     let mut new_conn = false;
     if state == CtState::New {
         let d = policy_lookup(remote, pkt.policy_port, pkt.proto, direction, bytes);
-        let audit_bit = if direction == dir::INGRESS { EP_F_AUDIT_INGRESS } else { EP_F_AUDIT_EGRESS };
+        let audit_bit = if direction == dir::INGRESS {
+            EP_F_AUDIT_INGRESS
+        } else {
+            EP_F_AUDIT_EGRESS
+        };
         let audit = !d.allowed && ep.flags & audit_bit != 0;
         // The policy-verdict notification for the new connection.
         if let Some(ev) = event(ctx, Some(pkt), msg::POLICY_VERDICT, 0, direction) {
@@ -603,9 +638,22 @@ fn process(ctx: &TcContext, pkt: &Packet, direction: u8) -> Result<i32, u8> {
             emit(ctx, ev, direction);
         }
         if !d.allowed && !audit {
-            return Ok(drop_packet(ctx, Some(pkt), direction, d.reason, src_id, dst_id, d.match_type, d.rule_id));
+            return Ok(drop_packet(
+                ctx,
+                Some(pkt),
+                direction,
+                d.reason,
+                src_id,
+                dst_id,
+                d.match_type,
+                d.rule_id,
+            ));
         }
-        let lifetime = if pkt.proto == proto::TCP { cfg.ct_syn_lifetime_ns } else { cfg.ct_other_lifetime_ns };
+        let lifetime = if pkt.proto == proto::TCP {
+            cfg.ct_syn_lifetime_ns
+        } else {
+            cfg.ct_other_lifetime_ns
+        };
         let ct = CtEntry {
             expires_ns: now + lifetime,
             last_report_ns: now,
@@ -649,7 +697,11 @@ fn process(ctx: &TcContext, pkt: &Packet, direction: u8) -> Result<i32, u8> {
         };
         add(pk, 1);
         add(by, bytes);
-        let seen = if is_reply { e.rx_flags_seen } else { e.tx_flags_seen };
+        let seen = if is_reply {
+            e.rx_flags_seen
+        } else {
+            e.tx_flags_seen
+        };
         let new_flags = pkt.tcp_flags & !seen;
         if pkt.proto == proto::TCP {
             if is_reply {
@@ -658,9 +710,14 @@ fn process(ctx: &TcContext, pkt: &Packet, direction: u8) -> Result<i32, u8> {
                 e.tx_flags_seen |= pkt.tcp_flags;
             }
             if pkt.tcp_flags & (tcp::FIN | tcp::RST) != 0 {
-                e.flags |= if is_reply { CT_F_CLOSING_RX } else { CT_F_CLOSING_TX };
+                e.flags |= if is_reply {
+                    CT_F_CLOSING_RX
+                } else {
+                    CT_F_CLOSING_TX
+                };
             }
         }
+        let first_reply = is_reply && e.flags & CT_F_SEEN_REPLY == 0;
         if is_reply {
             e.flags |= CT_F_SEEN_REPLY;
         }
@@ -679,7 +736,7 @@ fn process(ctx: &TcContext, pkt: &Packet, direction: u8) -> Result<i32, u8> {
         match cfg.aggregation {
             aggregation::NONE => report = true,
             level => {
-                if new_conn {
+                if new_conn || first_reply {
                     report = true;
                 } else {
                     let interesting = if level >= aggregation::MAXIMUM {
@@ -704,7 +761,13 @@ fn process(ctx: &TcContext, pkt: &Packet, direction: u8) -> Result<i32, u8> {
 
     count(metric::PACKETS, direction, 0, bytes);
     if report {
-        if let Some(ev) = event(ctx, Some(pkt), msg::TRACE, trace_point(direction), direction) {
+        if let Some(ev) = event(
+            ctx,
+            Some(pkt),
+            msg::TRACE,
+            trace_point(direction),
+            direction,
+        ) {
             // SAFETY: scratch event; `entry` as above.
             unsafe {
                 (*ev).verdict = verdict::FORWARDED;
@@ -726,7 +789,11 @@ fn process(ctx: &TcContext, pkt: &Packet, direction: u8) -> Result<i32, u8> {
 
 #[inline(always)]
 fn trace_point(direction: u8) -> u8 {
-    if direction == dir::EGRESS { obs::FROM_ENDPOINT } else { obs::TO_ENDPOINT }
+    if direction == dir::EGRESS {
+        obs::FROM_ENDPOINT
+    } else {
+        obs::TO_ENDPOINT
+    }
 }
 
 #[inline(always)]

@@ -118,7 +118,9 @@ impl Pod {
 
     /// The host-side interface name of this pod's veth.
     pub fn host_ifname(&self) -> String {
-        self.interface.clone().unwrap_or_else(|| host_ifname(&self.namespace, &self.name))
+        self.interface
+            .clone()
+            .unwrap_or_else(|| host_ifname(&self.namespace, &self.name))
     }
 }
 
@@ -127,7 +129,11 @@ impl Pod {
 pub fn host_ifname(namespace: &str, name: &str) -> String {
     // FNV-1a, 32 bits: stable across versions and platforms.
     let mut h: u32 = 0x811c_9dc5;
-    for b in namespace.bytes().chain(std::iter::once(b'/')).chain(name.bytes()) {
+    for b in namespace
+        .bytes()
+        .chain(std::iter::once(b'/'))
+        .chain(name.bytes())
+    {
         h ^= b as u32;
         h = h.wrapping_mul(0x0100_0193);
     }
@@ -168,15 +174,19 @@ pub enum TopologyError {
 impl Topology {
     /// Reads and validates a topology file.
     pub fn load(path: &Path) -> Result<Self, TopologyError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| TopologyError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::parse(&text, path)
     }
 
     /// Parses and validates topology YAML; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, TopologyError> {
-        let topo: Topology = serde_yaml::from_str(text)
-            .map_err(|source| TopologyError::Parse { path: path.to_path_buf(), source })?;
+        let topo: Topology = serde_yaml::from_str(text).map_err(|source| TopologyError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
         topo.validate(path)?;
         Ok(topo)
     }
@@ -189,13 +199,19 @@ impl Topology {
             reason,
         };
         if self.nodes.is_empty() {
-            return Err(invalid("nodes".into(), "at least one node is required".into()));
+            return Err(invalid(
+                "nodes".into(),
+                "at least one node is required".into(),
+            ));
         }
         let mut nodes = HashSet::new();
         for (i, n) in self.nodes.iter().enumerate() {
             check_dns_name(&n.name).map_err(|r| invalid(format!("nodes[{i}].name"), r))?;
             if !nodes.insert(n.name.as_str()) {
-                return Err(invalid(format!("nodes[{i}].name"), format!("duplicate node {:?}", n.name)));
+                return Err(invalid(
+                    format!("nodes[{i}].name"),
+                    format!("duplicate node {:?}", n.name),
+                ));
             }
         }
         let mut pods = HashSet::new();
@@ -207,21 +223,33 @@ impl Topology {
             if !p.namespace.is_empty() {
                 check_dns_name(&p.namespace).map_err(|r| invalid(at("namespace"), r))?;
             } else if !p.external {
-                return Err(invalid(at("namespace"), "required for endpoints (external: false)".into()));
+                return Err(invalid(
+                    at("namespace"),
+                    "required for endpoints (external: false)".into(),
+                ));
             }
             if !nodes.contains(p.node.as_str()) {
-                return Err(invalid(at("node"), format!("no node named {:?} in nodes", p.node)));
+                return Err(invalid(
+                    at("node"),
+                    format!("no node named {:?} in nodes", p.node),
+                ));
             }
             if !pods.insert(p.full_name()) {
                 return Err(invalid(at("name"), "duplicate pod".into()));
             }
             if p.ips.is_empty() {
-                return Err(invalid(at("ips"), "at least one address is required".into()));
+                return Err(invalid(
+                    at("ips"),
+                    "at least one address is required".into(),
+                ));
             }
             if p.ips.iter().filter(|ip| ip.is_ipv4()).count() > 1
                 || p.ips.iter().filter(|ip| ip.is_ipv6()).count() > 1
             {
-                return Err(invalid(at("ips"), "at most one IPv4 and one IPv6 address".into()));
+                return Err(invalid(
+                    at("ips"),
+                    "at most one IPv4 and one IPv6 address".into(),
+                ));
             }
             for ip in &p.ips {
                 if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() {
@@ -236,10 +264,16 @@ impl Topology {
             }
             let ifname = p.host_ifname();
             if ifname.is_empty() || ifname.len() > 15 || ifname.contains(['/', ' ']) {
-                return Err(invalid(at("interface"), format!("{ifname:?} is not a valid interface name")));
+                return Err(invalid(
+                    at("interface"),
+                    format!("{ifname:?} is not a valid interface name"),
+                ));
             }
             if !ifnames.insert((p.node.clone(), ifname.clone())) {
-                return Err(invalid(at("interface"), format!("{ifname} is used twice on node {}", p.node)));
+                return Err(invalid(
+                    at("interface"),
+                    format!("{ifname} is used twice on node {}", p.node),
+                ));
             }
         }
         Ok(())
@@ -247,35 +281,46 @@ impl Topology {
 
     /// The pods of `node` that are endpoints (not external).
     pub fn endpoints_of<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Pod> + 'a {
-        self.pods.iter().filter(move |p| p.node == node && !p.external)
+        self.pods
+            .iter()
+            .filter(move |p| p.node == node && !p.external)
     }
 
     /// Finds a pod by `namespace/name` or bare name (when unique).
     pub fn pod(&self, name: &str) -> Option<&Pod> {
-        self.pods.iter().find(|p| p.full_name() == name).or_else(|| {
-            let mut it = self.pods.iter().filter(|p| p.name == name);
-            let first = it.next()?;
-            it.next().is_none().then_some(first)
-        })
+        self.pods
+            .iter()
+            .find(|p| p.full_name() == name)
+            .or_else(|| {
+                let mut it = self.pods.iter().filter(|p| p.name == name);
+                let first = it.next()?;
+                it.next().is_none().then_some(first)
+            })
     }
 }
 
 fn check_dns_name(s: &str) -> Result<(), String> {
     let ok = !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
         && !s.starts_with(['-', '.'])
         && !s.ends_with(['-', '.']);
     if ok {
         Ok(())
     } else {
-        Err(format!("{s:?} is not a valid name (lower-case letters, digits, '-', '.'; at most 63)"))
+        Err(format!(
+            "{s:?} is not a valid name (lower-case letters, digits, '-', '.'; at most 63)"
+        ))
     }
 }
 
 fn check_label(k: &str, v: &str) -> Result<(), String> {
     let name = k.rsplit('/').next().unwrap_or(k);
-    let valid = |s: &str| s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    let valid = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    };
     if name.is_empty() || name.len() > 63 || !valid(name) || (k.len() - name.len() > 254) {
         return Err(format!("invalid label key {k:?}"));
     }
@@ -311,15 +356,26 @@ pods:
     #[test]
     fn errors_name_the_field() {
         let cases = [
-            (GOOD.replace("node: node-1, labels", "node: nope, labels"), "pods[0] (ns1/a).node"),
+            (
+                GOOD.replace("node: node-1, labels", "node: nope, labels"),
+                "pods[0] (ns1/a).node",
+            ),
             (GOOD.replace("192.0.2.1", "10.200.0.1"), "pods[1] (w).ips"),
             (GOOD.replace("app: a", "\"bad key!\": a"), "labels.bad key!"),
-            (GOOD.replace("{name: node-1}", "{name: node-1, color: red}"), "unknown field `color`"),
+            (
+                GOOD.replace("{name: node-1}", "{name: node-1, color: red}"),
+                "unknown field `color`",
+            ),
             (GOOD.replace("10.200.0.1,", "10.200.0.300,"), "t.yaml"),
-            (GOOD.replace("namespace: ns1, ", ""), "required for endpoints"),
+            (
+                GOOD.replace("namespace: ns1, ", ""),
+                "required for endpoints",
+            ),
         ];
         for (yaml, needle) in cases {
-            let err = Topology::parse(&yaml, Path::new("t.yaml")).unwrap_err().to_string();
+            let err = Topology::parse(&yaml, Path::new("t.yaml"))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(needle), "{err:?} should contain {needle:?}");
             assert!(err.contains("t.yaml"), "{err:?} should name the file");
         }

@@ -1,0 +1,309 @@
+//! The agent's desired state: from the topology and the policies to datapath map contents, and
+//! the lookup tables the decoder uses to name what it sees.
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use periscope_datapath_common::{
+    self as dp, EP_F_AUDIT_EGRESS, EP_F_AUDIT_INGRESS, EP_F_HAS_IPV4, EP_F_HAS_IPV6, EndpointInfo,
+    IpcacheKey, IpcacheValue,
+};
+use periscope_topology::{Pod, Topology};
+
+use crate::datapath::EndpointSpec;
+use crate::identity::{Identities, LabelSet, pod_labels};
+use crate::policy::{self, EndpointCtx, Mode, PolicySet, Universe};
+
+/// Per-endpoint enforcement settings (`--endpoint-mode ns/pod=always,audit`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointMode {
+    /// Mode override.
+    pub mode: Option<Mode>,
+    /// Audit override.
+    pub audit: Option<bool>,
+}
+
+/// Enforcement configuration.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Enforcement {
+    /// Global mode.
+    pub mode: Mode,
+    /// Global audit mode.
+    pub audit: bool,
+    /// Overrides by `namespace/pod`.
+    pub endpoints: BTreeMap<String, EndpointMode>,
+}
+
+impl Enforcement {
+    /// Parses `ns/pod=mode[,audit|,noaudit]` or `ns/pod=audit`.
+    pub fn parse_override(s: &str) -> Result<(String, EndpointMode), String> {
+        let (pod, spec) = s.split_once('=').ok_or_else(|| {
+            format!("{s:?}: expected <namespace>/<pod>=<default|always|never>[,audit]")
+        })?;
+        let mut m = EndpointMode::default();
+        for part in spec.split(',') {
+            match part {
+                "audit" => m.audit = Some(true),
+                "noaudit" => m.audit = Some(false),
+                other => m.mode = Some(other.parse().map_err(|e| format!("{s:?}: {e}"))?),
+            }
+        }
+        Ok((pod.to_string(), m))
+    }
+
+    fn of(&self, pod: &str) -> (Mode, bool) {
+        let o = self.endpoints.get(pod).copied().unwrap_or_default();
+        (o.mode.unwrap_or(self.mode), o.audit.unwrap_or(self.audit))
+    }
+}
+
+/// What the decoder and the printers know about an endpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EndpointView {
+    /// Endpoint id.
+    pub id: u32,
+    /// The pod.
+    pub pod: Pod,
+    /// Security identity.
+    pub identity: u32,
+    /// Identity labels.
+    pub labels: LabelSet,
+    /// Ingress default deny.
+    pub ingress_enforced: bool,
+    /// Egress default deny.
+    pub egress_enforced: bool,
+    /// Mode and audit.
+    pub mode: Mode,
+    /// Audit mode.
+    pub audit: bool,
+    /// Policies selecting it (rule ids).
+    pub selected_by: BTreeSet<u32>,
+}
+
+/// The agent's computed state: map contents plus naming tables.
+#[derive(Clone, Debug, Default)]
+pub struct State {
+    /// Node name.
+    pub node: String,
+    /// Cluster name.
+    pub cluster: String,
+    /// Identities of label sets.
+    pub identities: Identities,
+    /// CIDR identities.
+    pub cidr_identities: BTreeMap<IpNet, u32>,
+    /// Every pod of the topology by address (all nodes).
+    pub pods_by_ip: BTreeMap<IpAddr, Pod>,
+    /// Identity of every pod address.
+    pub identity_by_ip: BTreeMap<IpAddr, u32>,
+    /// Endpoints of this node by host interface name.
+    pub endpoints: BTreeMap<String, EndpointView>,
+    /// The policies in force.
+    pub policies: PolicySet,
+    /// ipcache content.
+    pub ipcache: BTreeMap<(IpcacheKey, u32), IpcacheValue>,
+}
+
+impl State {
+    /// Computes the state for `node` and returns it with the endpoint specs to apply (endpoint ids
+    /// are filled in by the datapath; views get them via [`State::set_endpoint_ids`]).
+    pub fn build(
+        node: &str,
+        topology: &Topology,
+        policies: PolicySet,
+        enforcement: &Enforcement,
+    ) -> (State, Vec<EndpointSpec>) {
+        let cluster = topology.cluster.clone();
+        let endpoint_pods: Vec<&Pod> = topology.pods.iter().filter(|p| !p.external).collect();
+        let label_sets: Vec<LabelSet> = endpoint_pods
+            .iter()
+            .map(|p| pod_labels(&p.labels, &p.namespace, &cluster))
+            .collect();
+        let identities = Identities::allocate(label_sets.iter());
+        let cidr_identities: BTreeMap<IpNet, u32> = policies
+            .cidrs()
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| (c, dp::IDENTITY_FIRST_CIDR + i as u32))
+            .collect();
+
+        let mut ipcache = BTreeMap::new();
+        let mut pods_by_ip = BTreeMap::new();
+        let mut identity_by_ip = BTreeMap::new();
+        for (net, id) in &cidr_identities {
+            let (fam, addr) = addr16(net.addr());
+            ipcache.insert(
+                (
+                    IpcacheKey {
+                        cluster_id: 0,
+                        pad: 0,
+                        family: fam,
+                        addr,
+                    },
+                    IpcacheKey::prefix_len(net.prefix_len()),
+                ),
+                IpcacheValue {
+                    identity: *id,
+                    tunnel_endpoint: 0,
+                    flags: 0,
+                },
+            );
+        }
+        for p in &topology.pods {
+            for ip in &p.ips {
+                pods_by_ip.insert(*ip, p.clone());
+            }
+        }
+        for (p, labels) in endpoint_pods.iter().zip(&label_sets) {
+            let id = identities.id_of(labels).expect("allocated above");
+            for ip in &p.ips {
+                let (fam, addr) = addr16(*ip);
+                ipcache.insert(
+                    (
+                        IpcacheKey {
+                            cluster_id: 0,
+                            pad: 0,
+                            family: fam,
+                            addr,
+                        },
+                        IpcacheKey::host_prefix_len(fam),
+                    ),
+                    IpcacheValue {
+                        identity: id,
+                        tunnel_endpoint: 0,
+                        flags: 0,
+                    },
+                );
+                identity_by_ip.insert(*ip, id);
+            }
+        }
+
+        let universe = Universe {
+            identities: &identities,
+            cidr_identities: &cidr_identities,
+        };
+        let mut endpoints = BTreeMap::new();
+        let mut specs = Vec::new();
+        for (p, labels) in endpoint_pods.iter().zip(&label_sets) {
+            if p.node != node {
+                continue;
+            }
+            let (mode, audit) = enforcement.of(&p.full_name());
+            let compiled = policy::compile(
+                &EndpointCtx {
+                    labels,
+                    namespace: &p.namespace,
+                    mode,
+                },
+                &policies,
+                &universe,
+            );
+            let identity = identities.id_of(labels).expect("allocated above");
+            let mut info = EndpointInfo {
+                identity,
+                ..Default::default()
+            };
+            if audit {
+                info.flags |= EP_F_AUDIT_INGRESS | EP_F_AUDIT_EGRESS;
+            }
+            if let Some(v4) = p.ipv4() {
+                info.flags |= EP_F_HAS_IPV4;
+                info.ipv4 = v4.octets();
+            }
+            if let Some(v6) = p.ipv6() {
+                info.flags |= EP_F_HAS_IPV6;
+                info.ipv6 = v6.octets();
+            }
+            let ifname = p.host_ifname();
+            specs.push(EndpointSpec {
+                ifname: ifname.clone(),
+                info,
+                policy: compiled.entries.clone(),
+            });
+            endpoints.insert(
+                ifname,
+                EndpointView {
+                    id: 0,
+                    pod: (*p).clone(),
+                    identity,
+                    labels: labels.clone(),
+                    ingress_enforced: compiled.ingress_enforced,
+                    egress_enforced: compiled.egress_enforced,
+                    mode,
+                    audit,
+                    selected_by: compiled.selected_by,
+                },
+            );
+        }
+        let state = State {
+            node: node.to_string(),
+            cluster,
+            identities,
+            cidr_identities,
+            pods_by_ip,
+            identity_by_ip,
+            endpoints,
+            policies,
+            ipcache,
+        };
+        (state, specs)
+    }
+
+    /// Records the endpoint ids the datapath assigned.
+    pub fn set_endpoint_ids(&mut self, ids: &BTreeMap<String, u32>) {
+        for (ifname, id) in ids {
+            if let Some(ep) = self.endpoints.get_mut(ifname) {
+                ep.id = *id;
+            }
+        }
+    }
+
+    /// The endpoint with id `id`.
+    pub fn endpoint_by_id(&self, id: u32) -> Option<&EndpointView> {
+        self.endpoints.values().find(|e| e.id == id)
+    }
+
+    /// Labels of an identity as `source:key=value` strings (CIDR identities give `cidr:<prefix>`
+    /// and `reserved:world`).
+    pub fn identity_labels(&self, id: u32) -> Vec<String> {
+        if let Some((net, _)) = self.cidr_identities.iter().find(|(_, v)| **v == id) {
+            return vec![format!("cidr:{net}"), "reserved:world".into()];
+        }
+        self.identities
+            .labels_of(id)
+            .map(|s| s.iter().map(|l| l.to_string()).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// An address as (family, 16 bytes) for map keys.
+pub fn addr16(ip: IpAddr) -> (u8, [u8; 16]) {
+    let mut a = [0u8; 16];
+    match ip {
+        IpAddr::V4(v4) => {
+            a[..4].copy_from_slice(&v4.octets());
+            (dp::family::V4, a)
+        }
+        IpAddr::V6(v6) => (dp::family::V6, v6.octets()),
+    }
+}
+
+/// Fingerprint of the inputs (file list, sizes and mtimes) to notice changes cheaply.
+pub fn fingerprint(paths: &[&Path]) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    for p in paths {
+        let mut files = vec![p.to_path_buf()];
+        if p.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(p) {
+                files = rd.flatten().map(|e| e.path()).collect();
+                files.sort();
+            }
+        }
+        for f in files {
+            if let Ok(md) = std::fs::metadata(&f) {
+                out.push((f, md.len(), md.modified().unwrap_or(std::time::UNIX_EPOCH)));
+            }
+        }
+    }
+    out
+}
