@@ -66,6 +66,10 @@ struct Args {
     /// How flows are printed on stdout: compact (Hubble's line format) or none.
     #[arg(long, default_value = "compact")]
     output: String,
+    /// Also append every flow to this file as length-delimited protobuf `flow.Flow` messages
+    /// (a machine-readable record for tests and tools until the gRPC API serves them).
+    #[arg(long)]
+    flow_log: Option<PathBuf>,
     /// Log filter (tracing env-filter syntax), e.g. info, periscope_agent=debug.
     #[arg(long, env = "PERISCOPE_LOG", default_value = "info")]
     log: String,
@@ -167,7 +171,20 @@ async fn run(args: Args) -> Result<()> {
     // Printer.
     let printer_state = state.clone();
     let output = args.output.clone();
+    let mut flow_log = match &args.flow_log {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("--flow-log {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let lost_total = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let printer_lost = lost_total.clone();
     let printer = tokio::spawn(async move {
+        use std::io::Write;
         let boot_offset = periscope_agent::decoder::boot_to_realtime_offset_ns();
         let mut out = std::io::LineWriter::new(std::io::stdout());
         while let Some(raw) = rx.recv().await {
@@ -175,16 +192,23 @@ async fn run(args: Args) -> Result<()> {
             let line = match raw {
                 RawEvent::Sample(ev) => {
                     let flow = periscope_agent::decoder::decode(&ev, &st, boot_offset);
+                    if let Some(w) = flow_log.as_mut() {
+                        use prost::Message;
+                        let _ = w.write_all(&flow.encode_length_delimited_to_vec());
+                        if rx.is_empty() {
+                            let _ = w.flush();
+                        }
+                    }
                     match output.as_str() {
                         "compact" => periscope_agent::decoder::compact(&flow),
                         _ => continue,
                     }
                 }
                 RawEvent::Lost { cpu, count } => {
+                    printer_lost.fetch_add(count, std::sync::atomic::Ordering::Relaxed);
                     format!("LOST: {count} events lost in the perf ring of CPU {cpu}")
                 }
             };
-            use std::io::Write;
             if writeln!(out, "{line}").is_err() {
                 break;
             }
@@ -197,6 +221,8 @@ async fn run(args: Args) -> Result<()> {
     let mut seen = fingerprint(&inputs.iter().map(|p| p.as_path()).collect::<Vec<_>>());
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut gc_at = std::time::Instant::now();
+    let mut status_at = std::time::Instant::now();
+    let mut last_error: Option<String> = None;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {
@@ -206,6 +232,12 @@ async fn run(args: Args) -> Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         };
+        if status_at.elapsed() >= Duration::from_secs(1) {
+            let st = state.read().await;
+            let stats = status::Counters::collect(&dp, &readers.stats);
+            status::write_full(&args.state_dir, &st, revision, last_error.as_deref(), Some(&stats))?;
+            status_at = std::time::Instant::now();
+        }
         if gc_at.elapsed() > Duration::from_secs(30) {
             let n = dp.ct_gc(boottime_ns());
             tracing::debug!(removed = n, "conntrack gc");
@@ -246,6 +278,7 @@ async fn run(args: Args) -> Result<()> {
                     Ok(ids) => {
                         new_state.set_endpoint_ids(&ids);
                         revision += 1;
+                        last_error = None;
                         status::write(&args.state_dir, &new_state, revision, None)?;
                         tracing::info!(
                             revision,

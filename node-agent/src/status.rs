@@ -2,13 +2,88 @@
 //! tests (like `cilium status`). Written atomically (temp file + rename) after every change.
 use std::path::Path;
 
+use std::collections::BTreeMap;
+
+use periscope_datapath_common::{dir, metric};
+use periscope_proto::flow::DropReason;
 use serde_json::json;
 
 use crate::agent::State;
+use crate::datapath::Datapath;
+use crate::monitor::MonitorStats;
 
 /// Writes the status: revision of the applied state, the last rejected input's error (if any),
 /// endpoints with their identities and enforcement, policies and warnings.
 pub fn write(dir: &Path, state: &State, revision: u64, error: Option<&str>) -> std::io::Result<()> {
+    write_full(dir, state, revision, error, None)
+}
+
+/// Datapath and reader counters for the status file.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Counters {
+    /// Forwarded packets by direction name.
+    pub forwarded: BTreeMap<String, u64>,
+    /// Dropped packets by drop reason name (Hubble's enum names), all directions.
+    pub dropped: BTreeMap<String, u64>,
+    /// Events written to the perf ring by the datapath.
+    pub events_sent: u64,
+    /// Events the datapath could not write (ring full or no reader).
+    pub events_lost_in_kernel: u64,
+    /// Samples the readers saw reported lost by the perf ring.
+    pub events_lost_ring: u64,
+    /// Samples dropped because the decoder queue was full.
+    pub events_lost_queue: u64,
+    /// Samples read from the ring.
+    pub events_read: u64,
+    /// Connection-tracking entries.
+    pub ct_entries: usize,
+}
+
+impl Counters {
+    /// Reads the datapath's per-CPU counters and the readers' counters.
+    pub fn collect(dp: &Datapath, readers: &MonitorStats) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut c = Counters::default();
+        for (idx, v) in dp.metrics() {
+            let kind = idx >> 10;
+            let direction = ((idx >> 8) & 3) as u8;
+            let reason = (idx & 0xff) as i32;
+            match kind {
+                metric::PACKETS if reason == 0 => {
+                    let d = match direction {
+                        dir::INGRESS => "ingress",
+                        dir::EGRESS => "egress",
+                        _ => "unknown",
+                    };
+                    *c.forwarded.entry(d.into()).or_default() += v.count;
+                }
+                metric::PACKETS => {
+                    let name = DropReason::try_from(reason)
+                        .map(|r| r.as_str_name().to_string())
+                        .unwrap_or_else(|_| reason.to_string());
+                    *c.dropped.entry(name).or_default() += v.count;
+                }
+                metric::EVENTS_SENT => c.events_sent += v.count,
+                metric::EVENTS_LOST => c.events_lost_in_kernel += v.count,
+                _ => {}
+            }
+        }
+        c.events_lost_ring = readers.lost_ring.load(Relaxed);
+        c.events_lost_queue = readers.lost_queue.load(Relaxed);
+        c.events_read = readers.read.load(Relaxed);
+        c.ct_entries = dp.ct_entries();
+        c
+    }
+}
+
+/// Like [`write`], with counters.
+pub fn write_full(
+    dir: &Path,
+    state: &State,
+    revision: u64,
+    error: Option<&str>,
+    counters: Option<&Counters>,
+) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let endpoints: Vec<_> = state
         .endpoints
@@ -40,6 +115,7 @@ pub fn write(dir: &Path, state: &State, revision: u64, error: Option<&str>) -> s
             "source": p.source.display().to_string(),
         })).collect::<Vec<_>>(),
         "warnings": state.policies.warnings,
+        "counters": counters,
         "identities": state.identities.iter().map(|(id, l)| json!({
             "id": id, "labels": l.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),

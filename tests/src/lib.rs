@@ -2,15 +2,16 @@
 //! and tears it all down again.
 //!
 //! ```text
-//!   netns pt<id>-<pod>          netns pt<id>-<node>                netns pt<id>-fabric
-//!  ┌──────────────────┐       ┌─────────────────────────────┐     ┌──────────────────┐
-//!  │ eth0 10.0.0.1/32 ├─veth──┤ lxc… 169.254.1.1/32, fe80::1 │     │                  │
-//!  │ default via      │       │ 10.0.0.1/32 dev lxc…        │     │  br0 (bridge)    │
-//!  │   169.254.1.1    │       │ <remote pods> via fabric    │     │   ├─ n1          │
-//!  │   fe80::1        │       │ fab0 172.31.255.<n>/24  ────┼─veth┼───┘  …          │
-//!  └──────────────────┘       │      fd00:fab::<n>/64       │     └──────────────────┘
-//!                             └─────────────────────────────┘
+//!  netns pt<id>-<pod>         netns pt<id>-<node>                  netns pt<id>-fabric
+//! +-------------------+     +--------------------------------+    +-----------------+
+//! | eth0 10.0.0.1/32  +-veth+ lxc... 169.254.1.1/32 fe80::1  |    | br0 (bridge)    |
+//! | default via       |     | 10.0.0.1/32 dev lxc...         |    |   n1, n2, ...   |
+//! |   169.254.1.1     |     | <other nodes' pods> via fabric |    |                 |
+//! |   fe80::1         |     | fab0 172.31.255.<n>/24         +veth+ n<n>            |
+//! +-------------------+     +--------------------------------+    +-----------------+
 //! ```
+//!
+//! (See `tests/README.md` for the details.)
 //!
 //! * every node is a namespace `pt<id>-<node>` with IPv4/IPv6 forwarding on;
 //! * every pod (external or not) is a namespace `pt<id>-<pod>` whose `eth0` is a veth whose
@@ -353,6 +354,22 @@ impl Testbed {
         Ok(tb)
     }
 
+    /// Handles to a test bed that another process created with `keep: true` and the same
+    /// topology and id (e.g. a detached demo). Nothing is created; dropping it deletes nothing.
+    pub fn attach(topology: &Topology, id: &str) -> Result<Testbed, TestbedError> {
+        check_id(id).map_err(|reason| TestbedError::InvalidOption { option: "id", reason })?;
+        let mut tb = Testbed::plan(id.to_string(), topology);
+        let existing = list_io(id)?;
+        if let Some(missing) = tb.pods.iter().map(|p| &p.netns).find(|n| !existing.contains(n)) {
+            return Err(TestbedError::InvalidOption {
+                option: "id",
+                reason: format!("namespace {missing} of test bed {id} does not exist"),
+            });
+        }
+        tb.keep = true;
+        Ok(tb)
+    }
+
     /// Parses topology YAML and creates it.
     pub fn from_yaml(yaml: &str, options: TestbedOptions) -> Result<Testbed, TestbedError> {
         let topology = Topology::parse(yaml, Path::new("<inline topology>"))?;
@@ -376,7 +393,7 @@ impl Testbed {
         netns::list(&format!("{NETNS_PREFIX}{id}-"))
     }
 
-    /// Deletes the namespaces now and reports errors (dropping does the same, silently).
+    /// Deletes the namespaces now and returns errors (dropping does the same and only prints them).
     pub fn teardown(mut self) -> Result<(), TestbedError> {
         self.keep = false;
         self.delete_created()
@@ -574,7 +591,13 @@ impl Testbed {
         for name in &all {
             batch.push(format!("netns add {name}"));
         }
-        let result = batch.run(false);
+        // `ip netns add` makes /run/netns a shared bind mount the first time; concurrent first
+        // calls can stack two such mounts. Serialise within the process.
+        static NETNS_ADD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let result = {
+            let _guard = NETNS_ADD.lock().unwrap_or_else(|e| e.into_inner());
+            batch.run(false)
+        };
         // Whatever exists now was created by us (we checked that none existed before).
         for name in &all {
             if netns::netns_path(name).exists() {

@@ -244,8 +244,8 @@ fn ping_here(dst: IpAddr, timeout: Duration) -> io::Result<Duration> {
     } else {
         Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?
     };
-    // A connected raw socket only receives packets from `dst`.
-    sock.connect(&SocketAddr::new(dst, 0).into())?;
+    // Not connected: a connected raw socket would also filter out the ICMP errors that routers
+    // send back, and "unreachable" is a soft error that raw sockets do not report.
     let ident = next_ident().to_be_bytes();
     let seq = 1u16.to_be_bytes();
     let mut pkt = vec![
@@ -266,7 +266,7 @@ fn ping_here(dst: IpAddr, timeout: Duration) -> io::Result<Duration> {
     }
     let start = Instant::now();
     let deadline = start + timeout;
-    sock.send(&pkt)?;
+    sock.send_to(&pkt, &SocketAddr::new(dst, 0).into())?;
     let mut buf = [0u8; 4096];
     loop {
         sock.set_read_timeout(Some(remaining(deadline)?))?;
@@ -281,22 +281,69 @@ fn ping_here(dst: IpAddr, timeout: Duration) -> io::Result<Duration> {
             }
             Err(e) => return Err(e),
         };
-        // Raw IPv4 sockets receive the IP header, raw IPv6 sockets do not.
-        let icmp = if v4 {
-            let ihl = usize::from(buf[0] & 0x0f) * 4;
-            buf.get(ihl..n).unwrap_or(&[])
-        } else {
-            &buf[..n]
-        };
-        let reply_type = if v4 { 0 } else { 129 };
-        if icmp.len() >= 8
-            && icmp[0] == reply_type
-            && icmp[1] == 0
-            && icmp[4..6] == ident
-            && icmp[6..8] == seq
-        {
-            return Ok(start.elapsed());
+        match parse_icmp_for_echo(&buf[..n], dst, &pkt) {
+            Some(Ok(())) => return Ok(start.elapsed()),
+            Some(Err(e)) => return Err(e),
+            None => {}
         }
+    }
+}
+
+/// Whether a packet read from a raw ICMP (with IPv4 header) or ICMPv6 (without) socket is the
+/// reply to echo request `request` sent to `dst` (`Ok`), an ICMP destination unreachable about it
+/// (`Err`), or unrelated (`None`).
+fn parse_icmp_for_echo(packet: &[u8], dst: IpAddr, request: &[u8]) -> Option<io::Result<()>> {
+    let unreachable = |code: u8, from: &str| {
+        // Code 0 is "network unreachable" (ICMP) and "no route" (ICMPv6).
+        let kind = if code == 0 {
+            io::ErrorKind::NetworkUnreachable
+        } else {
+            io::ErrorKind::HostUnreachable
+        };
+        Some(Err(io::Error::new(
+            kind,
+            format!("ICMP destination unreachable (code {code}) for {dst}{from}"),
+        )))
+    };
+    match dst {
+        IpAddr::V4(dst4) => {
+            let ihl = usize::from(packet.first()? & 0x0f) * 4;
+            let (source, icmp) = (packet.get(12..16)?, packet.get(ihl..)?);
+            match icmp.get(..2)? {
+                // Echo reply from dst, with our identifier, sequence and payload.
+                [0, 0] => {
+                    (source == dst4.octets() && icmp.get(4..) == request.get(4..)).then_some(Ok(()))
+                }
+                // Destination unreachable quoting our request (IP header, then 8 bytes of ICMP).
+                [3, code] => {
+                    let quoted = icmp.get(8..)?;
+                    let qihl = usize::from(quoted.first()? & 0x0f) * 4;
+                    let ours = quoted.get(16..20)? == dst4.octets()
+                        && quoted.get(qihl..qihl + 8)? == &request[..8];
+                    let from = Ipv4Addr::new(source[0], source[1], source[2], source[3]);
+                    if ours {
+                        unreachable(*code, &format!(" from {from}"))
+                    } else {
+                        None
+                    }
+                }
+                _ => None,
+            }
+        }
+        IpAddr::V6(dst6) => match packet.get(..2)? {
+            // The identifier is unique to this request; the payload must come back too.
+            [129, 0] => (packet.get(4..) == request.get(4..)).then_some(Ok(())),
+            // Destination unreachable quoting our request (IPv6 header, then our ICMPv6 header).
+            [1, code] => {
+                let quoted = packet.get(8..)?;
+                let ours = quoted.get(24..40)? == dst6.octets() && quoted.get(6) == Some(&58) && {
+                    let q = quoted.get(40..48)?;
+                    q[0] == 128 && q[4..8] == request[4..8]
+                };
+                if ours { unreachable(*code, "") } else { None }
+            }
+            _ => None,
+        },
     }
 }
 
@@ -719,6 +766,53 @@ mod tests {
         assert_eq!(f.len(), 14 + 20 + 8 + 1);
         // Odd length.
         assert_eq!(internet_checksum(&[0xff]), !0xff00);
+    }
+
+    #[test]
+    fn recognises_echo_replies_and_errors() {
+        let dst4: IpAddr = "10.0.0.2".parse().unwrap();
+        let request = [8, 0, 0x12, 0x34, 0xab, 0xcd, 0, 1, b'x', b'y'];
+        let mut ip = vec![
+            0x45, 0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1,
+        ];
+        let mut reply = ip.clone();
+        reply.extend_from_slice(&[0, 0, 0x1a, 0x34, 0xab, 0xcd, 0, 1, b'x', b'y']);
+        assert!(matches!(
+            parse_icmp_for_echo(&reply, dst4, &request),
+            Some(Ok(()))
+        ));
+        let other_ident = [8, 0, 0, 0, 0xab, 0xce, 0, 1, b'x', b'y'];
+        assert!(parse_icmp_for_echo(&reply, dst4, &other_ident).is_none());
+        assert!(parse_icmp_for_echo(&reply, "10.0.0.3".parse().unwrap(), &request).is_none());
+        // Host unreachable from a router (169.254.1.1), quoting our request to 10.0.0.2.
+        ip[12..16].copy_from_slice(&[169, 254, 1, 1]);
+        let mut err = ip.clone();
+        err.extend_from_slice(&[3, 1, 0, 0, 0, 0, 0, 0]);
+        err.extend_from_slice(&[
+            0x45, 0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ]);
+        err.extend_from_slice(&request[..8]);
+        let e = parse_icmp_for_echo(&err, dst4, &request)
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::HostUnreachable);
+        assert!(parse_icmp_for_echo(&[], dst4, &request).is_none());
+        assert!(parse_icmp_for_echo(&err[..30], dst4, &request).is_none());
+
+        let dst6: IpAddr = "fd00::2".parse().unwrap();
+        let request6 = [128, 0, 0, 0, 0xab, 0xcd, 0, 1, b'x'];
+        assert!(matches!(
+            parse_icmp_for_echo(&[129, 0, 9, 9, 0xab, 0xcd, 0, 1, b'x'], dst6, &request6),
+            Some(Ok(()))
+        ));
+        let mut err6 = vec![1, 0, 0, 0, 0, 0, 0, 0, 0x60, 0, 0, 0, 0, 9, 58, 64];
+        err6.extend_from_slice(&[0; 16]);
+        err6.extend_from_slice(&"fd00::2".parse::<Ipv6Addr>().unwrap().octets());
+        err6.extend_from_slice(&request6[..8]);
+        let e = parse_icmp_for_echo(&err6, dst6, &request6)
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NetworkUnreachable);
     }
 
     #[test]
