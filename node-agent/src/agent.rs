@@ -266,8 +266,17 @@ impl State {
     /// Labels of an identity as `source:key=value` strings (CIDR identities give `cidr:<prefix>`
     /// and `reserved:world`).
     pub fn identity_labels(&self, id: u32) -> Vec<String> {
+        // A CIDR identity carries the labels of every policy prefix containing it (Cilium's
+        // cidr: labels), so selectors of wider prefixes match it.
         if let Some((net, _)) = self.cidr_identities.iter().find(|(_, v)| **v == id) {
-            return vec![format!("cidr:{net}"), "reserved:world".into()];
+            let mut labels: Vec<String> = self
+                .cidr_identities
+                .keys()
+                .filter(|outer| outer.contains(net))
+                .map(|outer| format!("cidr:{outer}"))
+                .collect();
+            labels.push("reserved:world".into());
+            return labels;
         }
         self.identities
             .labels_of(id)
@@ -293,11 +302,11 @@ pub fn fingerprint(paths: &[&Path]) -> Vec<(PathBuf, u64, std::time::SystemTime)
     let mut out = Vec::new();
     for p in paths {
         let mut files = vec![p.to_path_buf()];
-        if p.is_dir() {
-            if let Ok(rd) = std::fs::read_dir(p) {
-                files = rd.flatten().map(|e| e.path()).collect();
-                files.sort();
-            }
+        if p.is_dir()
+            && let Ok(rd) = std::fs::read_dir(p)
+        {
+            files = rd.flatten().map(|e| e.path()).collect();
+            files.sort();
         }
         for f in files {
             if let Ok(md) = std::fs::metadata(&f) {

@@ -71,7 +71,8 @@ fn endpoint_for(state: &State, ip: IpAddr, identity: u32, local_id: Option<u32>)
     if let Some(id) = local_id {
         ep.id = id;
     }
-    if let Some(pod) = state.pods_by_ip.get(&ip) {
+    // Hosts outside the cluster (external in the topology) are not endpoints: shown by address.
+    if let Some(pod) = state.pods_by_ip.get(&ip).filter(|p| !p.external) {
         ep.namespace = pod.namespace.clone();
         ep.pod_name = pod.name.clone();
         if let Some(w) = &pod.workload {

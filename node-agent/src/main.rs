@@ -155,8 +155,11 @@ async fn run(args: Args) -> Result<()> {
     dp.sync_ipcache(&state.ipcache)?;
     let ids = dp.sync_endpoints(&specs)?;
     state.set_endpoint_ids(&ids);
-    let mut revision = 1u64;
-    status::write(&args.state_dir, &state, revision, None)?;
+    let mut progress = status::Progress {
+        revision: 1,
+        ..Default::default()
+    };
+    status::write(&args.state_dir, &state, &progress, None)?;
     tracing::info!(node = %args.node, endpoints = ids.len(), policies = state.policies.policies.len(),
         version = dp.version(), "datapath ready");
 
@@ -222,7 +225,6 @@ async fn run(args: Args) -> Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut gc_at = std::time::Instant::now();
     let mut status_at = std::time::Instant::now();
-    let mut last_error: Option<String> = None;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {
@@ -235,7 +237,7 @@ async fn run(args: Args) -> Result<()> {
         if status_at.elapsed() >= Duration::from_secs(1) {
             let st = state.read().await;
             let stats = status::Counters::collect(&dp, &readers.stats);
-            status::write_full(&args.state_dir, &st, revision, last_error.as_deref(), Some(&stats))?;
+            status::write(&args.state_dir, &st, &progress, Some(&stats))?;
             status_at = std::time::Instant::now();
         }
         if gc_at.elapsed() > Duration::from_secs(30) {
@@ -259,12 +261,9 @@ async fn run(args: Args) -> Result<()> {
         match loaded {
             Err(e) => {
                 tracing::error!(error = %e, "rejected new topology/policy; the policies in force stay");
-                status::write(
-                    &args.state_dir,
-                    &*state.read().await,
-                    revision,
-                    Some(&format!("{e:#}")),
-                )?;
+                progress.rejected += 1;
+                progress.error = Some(format!("{e:#}"));
+                status::write(&args.state_dir, &*state.read().await, &progress, None)?;
             }
             Ok((t, p)) => {
                 for w in &p.warnings {
@@ -277,11 +276,11 @@ async fn run(args: Args) -> Result<()> {
                 match applied {
                     Ok(ids) => {
                         new_state.set_endpoint_ids(&ids);
-                        revision += 1;
-                        last_error = None;
-                        status::write(&args.state_dir, &new_state, revision, None)?;
+                        progress.revision += 1;
+                        progress.error = None;
+                        status::write(&args.state_dir, &new_state, &progress, None)?;
                         tracing::info!(
-                            revision,
+                            revision = progress.revision,
                             endpoints = ids.len(),
                             "applied new policy/topology"
                         );
@@ -289,12 +288,9 @@ async fn run(args: Args) -> Result<()> {
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "applying the new state failed");
-                        status::write(
-                            &args.state_dir,
-                            &*state.read().await,
-                            revision,
-                            Some(&e.to_string()),
-                        )?;
+                        progress.rejected += 1;
+                        progress.error = Some(e.to_string());
+                        status::write(&args.state_dir, &*state.read().await, &progress, None)?;
                     }
                 }
             }

@@ -1167,10 +1167,10 @@ pub fn compile(ep: &EndpointCtx<'_>, set: &PolicySet, universe: &Universe<'_>) -
     if ep.mode != Mode::Never {
         for (idx, policy) in set.policies.iter().enumerate() {
             let rule_id = set.rule_id(idx);
-            if let Some(ns) = &policy.namespace {
-                if ns != ep.namespace {
-                    continue;
-                }
+            if let Some(ns) = &policy.namespace
+                && ns != ep.namespace
+            {
+                continue;
             }
             for rule in &policy.rules {
                 let Some(sel) = &rule.selector else { continue };
@@ -1215,7 +1215,7 @@ pub fn compile(ep: &EndpointCtx<'_>, set: &PolicySet, universe: &Universe<'_>) -
         if !enforce[i] {
             // Not enforced: allow everything not explicitly denied.
             let key = PolicyKey::new(0, 0, 0, direction);
-            entries.entry(key).or_insert(PolicyEntry::default());
+            entries.entry(key).or_default();
         }
     }
     out.entries = entries;
@@ -1417,7 +1417,7 @@ spec:
             POLICY_F_DENY
         );
         assert!(pol.entries.contains_key(&k(dp::IDENTITY_HOST, 0, 0)));
-        assert!(pol.egress_enforced == false);
+        assert!(!pol.egress_enforced);
     }
 
     #[test]

@@ -12,10 +12,15 @@ use crate::agent::State;
 use crate::datapath::Datapath;
 use crate::monitor::MonitorStats;
 
-/// Writes the status: revision of the applied state, the last rejected input's error (if any),
-/// endpoints with their identities and enforcement, policies and warnings.
-pub fn write(dir: &Path, state: &State, revision: u64, error: Option<&str>) -> std::io::Result<()> {
-    write_full(dir, state, revision, error, None)
+/// Where the agent stands with its inputs.
+#[derive(Debug, Default, Clone)]
+pub struct Progress {
+    /// Revision of the applied state; grows by one with every applied change.
+    pub revision: u64,
+    /// Number of rejected inputs (bad topology/policy files) so far.
+    pub rejected: u64,
+    /// Error of the last rejected input, cleared when a change is applied.
+    pub error: Option<String>,
 }
 
 /// Datapath and reader counters for the status file.
@@ -76,12 +81,12 @@ impl Counters {
     }
 }
 
-/// Like [`write`], with counters.
-pub fn write_full(
+/// Writes the status: revision of the applied state, rejected inputs and the last error,
+/// endpoints with their identities and enforcement, policies, warnings and counters.
+pub fn write(
     dir: &Path,
     state: &State,
-    revision: u64,
-    error: Option<&str>,
+    progress: &Progress,
     counters: Option<&Counters>,
 ) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
@@ -107,8 +112,9 @@ pub fn write_full(
     let doc = json!({
         "node": state.node,
         "cluster": state.cluster,
-        "revision": revision,
-        "error": error,
+        "revision": progress.revision,
+        "rejected": progress.rejected,
+        "error": progress.error,
         "endpoints": endpoints,
         "policies": state.policies.policies.iter().map(|p| json!({
             "kind": p.kind, "name": p.name, "namespace": p.namespace,

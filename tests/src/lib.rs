@@ -27,6 +27,7 @@
 //! iproute2.
 #![deny(unsafe_code)]
 
+pub mod agent;
 mod ip;
 pub mod netns;
 mod sys;
@@ -357,10 +358,18 @@ impl Testbed {
     /// Handles to a test bed that another process created with `keep: true` and the same
     /// topology and id (e.g. a detached demo). Nothing is created; dropping it deletes nothing.
     pub fn attach(topology: &Topology, id: &str) -> Result<Testbed, TestbedError> {
-        check_id(id).map_err(|reason| TestbedError::InvalidOption { option: "id", reason })?;
+        check_id(id).map_err(|reason| TestbedError::InvalidOption {
+            option: "id",
+            reason,
+        })?;
         let mut tb = Testbed::plan(id.to_string(), topology);
         let existing = list_io(id)?;
-        if let Some(missing) = tb.pods.iter().map(|p| &p.netns).find(|n| !existing.contains(n)) {
+        if let Some(missing) = tb
+            .pods
+            .iter()
+            .map(|p| &p.netns)
+            .find(|n| !existing.contains(n))
+        {
             return Err(TestbedError::InvalidOption {
                 option: "id",
                 reason: format!("namespace {missing} of test bed {id} does not exist"),

@@ -67,10 +67,18 @@ pub fn run(a: DemoArgs) -> Result<()> {
     // A previous demo (detached or crashed) is stopped first.
     down_quiet();
     fs::create_dir_all(run_dir())?;
-    eprintln!("[demo] creating the test bed: {} node(s), {} pods", topology.nodes.len(), topology.pods.len());
+    eprintln!(
+        "[demo] creating the test bed: {} node(s), {} pods",
+        topology.nodes.len(),
+        topology.pods.len()
+    );
     let testbed = Testbed::create(
         &topology,
-        TestbedOptions { id: Some(DEMO_ID.into()), replace_stale: true, keep: a.detach },
+        TestbedOptions {
+            id: Some(DEMO_ID.into()),
+            replace_stale: true,
+            keep: a.detach,
+        },
     )?;
 
     let mut agents = Vec::new();
@@ -128,7 +136,11 @@ pub fn run(a: DemoArgs) -> Result<()> {
 
 fn agent_paths(node: &str) -> (PathBuf, PathBuf, PathBuf) {
     let d = run_dir();
-    (d.join(format!("agent-{node}.flows")), d.join(format!("agent-{node}.log")), d.join(node))
+    (
+        d.join(format!("agent-{node}.flows")),
+        d.join(format!("agent-{node}.log")),
+        d.join(node),
+    )
 }
 
 fn start_agent(tb: &Testbed, node: &str, topo: &Path, pol: &Path) -> Result<(String, Child)> {
@@ -204,16 +216,36 @@ fn write_state(
 
 fn print_where_to_look(topology: &Topology, detached: bool) {
     let d = run_dir();
-    println!("\nPeriscope demo is up: {} nodes, {} pods, policies in deploy/demo/policies", topology.nodes.len(), topology.pods.len());
+    println!(
+        "\nPeriscope demo is up: {} nodes, {} pods, policies in deploy/demo/policies",
+        topology.nodes.len(),
+        topology.pods.len()
+    );
     for n in &topology.nodes {
         let (flows, log, state) = agent_paths(&n.name);
-        println!("  agent {}: flows {}  log {}  status {}", n.name, flows.display(), log.display(), state.join("status.json").display());
+        println!(
+            "  agent {}: flows {}  log {}  status {}",
+            n.name,
+            flows.display(),
+            log.display(),
+            state.join("status.json").display()
+        );
     }
-    println!("  pinned datapath: {BPFFS_DIR}/<node>  (bpftool map dump pinned {BPFFS_DIR}/node-1/ep/<ifname>/policy_<version>)");
-    println!("  pod namespaces: ip netns list | grep ptdemo-   (e.g. ip netns exec ptdemo-frontend-1 …)");
+    println!(
+        "  pinned datapath: {BPFFS_DIR}/<node>  (bpftool map dump pinned {BPFFS_DIR}/node-1/ep/<ifname>/policy_<version>)"
+    );
+    println!(
+        "  pod namespaces: ip netns list | grep ptdemo-   (e.g. ip netns exec ptdemo-frontend-1 …)"
+    );
     if detached {
-        println!("  traffic generator log: {}", d.join("traffic.log").display());
-        println!("Follow flows: tail -f {}/agent-*.flows    Stop: cargo xtask demo --down", d.display());
+        println!(
+            "  traffic generator log: {}",
+            d.join("traffic.log").display()
+        );
+        println!(
+            "Follow flows: tail -f {}/agent-*.flows    Stop: cargo xtask demo --down",
+            d.display()
+        );
     } else {
         println!("Flows follow (Ctrl-C stops and cleans up):\n");
     }
@@ -297,7 +329,9 @@ fn traffic_loop(tb: &Testbed, stop: &AtomicBool) -> Result<()> {
 /// the demo left in place.
 pub fn traffic_main(state: &Path) -> Result<()> {
     let v: serde_json::Value = serde_json::from_slice(&fs::read(state)?)?;
-    let topo = Topology::load(Path::new(v["topology"].as_str().context("topology in state")?))?;
+    let topo = Topology::load(Path::new(
+        v["topology"].as_str().context("topology in state")?,
+    ))?;
     let tb = Testbed::attach(&topo, DEMO_ID)?;
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -314,8 +348,10 @@ fn cleanup_files() {
 
 fn down_quiet() {
     let state = run_dir().join("state.json");
-    if let Ok(bytes) = fs::read(&state) {
-        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+    if let Ok(bytes) = fs::read(&state)
+        && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes)
+    {
+        {
             let mut pids: Vec<i32> = v["agents"]
                 .as_array()
                 .into_iter()

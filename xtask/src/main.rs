@@ -65,12 +65,17 @@ fn main() -> Result<()> {
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is in the workspace")
+        .to_path_buf()
 }
 
 /// The cargo target directory in use.
 pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
 }
 
 /// Runs a command, failing with its name when it fails.
@@ -118,7 +123,12 @@ fn test(extra: &[String]) -> Result<()> {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root())
         .env("PERISCOPE_AGENT_BIN", agent_bin())
-        .args(["test", "--workspace", "--exclude", "periscope-datapath-ebpf"])
+        .args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "periscope-datapath-ebpf",
+        ])
         .args(extra);
     run(&mut cmd)
 }
