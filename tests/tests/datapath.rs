@@ -874,3 +874,73 @@ fn bad_policy_is_rejected_and_the_old_one_stays() {
         "new policy allows web",
     );
 }
+
+#[test]
+fn two_nodes_agree_on_identities_and_enforce_across_nodes() {
+    let topo = r#"
+cluster: e2e
+nodes: [{name: n1}, {name: n2}]
+pods:
+  - {name: api, namespace: shop, node: n1, labels: {app: api}, ips: [10.211.1.1, "fd00:211::1:1"]}
+  - {name: web, namespace: shop, node: n1, labels: {app: web}, ips: [10.211.1.2]}
+  - {name: db, namespace: data, node: n2, labels: {app: db}, ips: [10.211.2.1, "fd00:211::2:1"]}
+"#;
+    let tb = Testbed::from_yaml(topo, TestbedOptions::default()).expect("test bed");
+    let policy = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: db, namespace: data}
+spec:
+  endpointSelector: {matchLabels: {app: db}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: api, k8s:io.kubernetes.pod.namespace: shop}}]
+    toPorts: [{ports: [{port: "5432", protocol: TCP}]}]
+"#;
+    let a1 = Agent::start(&tb, "n1", policy, &[]);
+    let a2 = Agent::start(&tb, "n2", policy, &[]);
+    let (api, web, db) = (tb.pod("shop/api"), tb.pod("shop/web"), tb.pod("data/db"));
+    let _s = TcpEchoServer::start(db, 5432);
+    assert_echo(traffic::tcp_probe(api, db.v4(5432), T), "api@n1 -> db@n2");
+    assert_echo(
+        traffic::tcp_probe(api, db.v6(5432), T),
+        "api@n1 -> db@n2 IPv6",
+    );
+    assert_blocked(traffic::tcp_probe(web, db.v4(5432), T), "web@n1 -> db@n2");
+    // Each node sees its side: n1 the egress of api, n2 the ingress at db, with the same
+    // identities although the agents never talked to each other.
+    let api_id = a1.identity("shop/api");
+    let f2 = a2.wait_flows(Duration::from_secs(5), "ingress verdicts at n2", |fl| {
+        !ingress_pv(fl, "shop/api", "data/db", 5432).is_empty()
+            && !ingress_pv(fl, "shop/web", "data/db", 5432).is_empty()
+    });
+    let pv = ingress_pv(&f2, "shop/api", "data/db", 5432);
+    assert!(
+        pv.iter()
+            .all(|f| f.source.as_ref().unwrap().identity == api_id && f.node_name == "n2")
+    );
+    assert!(
+        ingress_pv(&f2, "shop/web", "data/db", 5432)
+            .iter()
+            .all(|f| f.verdict == Verdict::Dropped as i32)
+    );
+    let f1 = a1.wait_flows(Duration::from_secs(5), "egress traces at n1", |fl| {
+        fl.iter()
+            .any(|f| is_trace(f) && src(f) == "shop/api" && dst(f) == "data/db")
+    });
+    assert!(f1.iter().all(|f| f.node_name == "n1"));
+    assert_eq!(
+        a2.identity("data/db"),
+        a1.status()["identities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["labels"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|l| l == "k8s:app=db"))
+            .and_then(|i| i["id"].as_u64())
+            .unwrap() as u32,
+        "n1 knows db's identity too"
+    );
+}
