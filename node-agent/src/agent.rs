@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use periscope_datapath_common::{
     self as dp, EP_F_AUDIT_EGRESS, EP_F_AUDIT_INGRESS, EP_F_HAS_IPV4, EP_F_HAS_IPV6, EndpointInfo,
-    IpcacheKey, IpcacheValue,
+    IPCACHE_F_LOCAL_ENDPOINT, IpcacheKey, IpcacheValue,
 };
 use periscope_topology::{Pod, Topology};
 
@@ -171,7 +171,11 @@ impl State {
                     IpcacheValue {
                         identity: id,
                         tunnel_endpoint: 0,
-                        flags: 0,
+                        flags: if p.node == node {
+                            IPCACHE_F_LOCAL_ENDPOINT
+                        } else {
+                            0
+                        },
                     },
                 );
                 identity_by_ip.insert(*ip, id);

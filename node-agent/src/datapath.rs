@@ -21,7 +21,6 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
-use aya::maps::perf::PerfEventArray;
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
@@ -181,7 +180,7 @@ pub struct Datapath {
     ct: HashMap<MapData, CtKey, CtEntry>,
     config: Array<MapData, DatapathConfig>,
     metrics: PerCpuArray<MapData, MetricsValue>,
-    events: Option<PerfEventArray<MapData>>,
+    events: Option<MapData>,
     endpoints: BTreeMap<String, EndpointProgram>,
 }
 
@@ -223,8 +222,18 @@ impl Datapath {
             Array::try_from(take(names::CONFIG)?).map_err(map_err(names::CONFIG, "open"))?;
         let metrics = PerCpuArray::try_from(take(names::METRICS)?)
             .map_err(map_err(names::METRICS, "open"))?;
-        let events = PerfEventArray::try_from(take(names::EVENTS)?)
-            .map_err(map_err(names::EVENTS, "open"))?;
+        let events = match take(names::EVENTS)? {
+            Map::PerfEventArray(data) => data,
+            _ => {
+                return Err(DatapathError::Map {
+                    map: names::EVENTS,
+                    op: "open",
+                    source: MapError::InvalidName {
+                        name: names::EVENTS.into(),
+                    },
+                });
+            }
+        };
         let mut dp = Datapath {
             root: root.to_path_buf(),
             object,
@@ -273,7 +282,7 @@ impl Datapath {
     }
 
     /// Takes the perf event array (once) for the event readers.
-    pub fn take_events(&mut self) -> Option<PerfEventArray<MapData>> {
+    pub fn take_events(&mut self) -> Option<MapData> {
         self.events.take()
     }
 

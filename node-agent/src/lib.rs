@@ -5,5 +5,6 @@ pub mod datapath;
 pub mod decoder;
 pub mod identity;
 pub mod monitor;
+pub mod perf;
 pub mod policy;
 pub mod status;

@@ -163,7 +163,7 @@ async fn run(args: Args) -> Result<()> {
     tracing::info!(node = %args.node, endpoints = ids.len(), policies = state.policies.policies.len(),
         version = dp.version(), "datapath ready");
 
-    let (tx, mut rx) = mpsc::channel::<RawEvent>(16384);
+    let (tx, mut rx) = mpsc::channel::<Vec<RawEvent>>(1024);
     let readers = Readers::start(
         dp.take_events().context("perf event array")?,
         args.perf_ring_pages,
@@ -189,31 +189,36 @@ async fn run(args: Args) -> Result<()> {
     let printer = tokio::spawn(async move {
         use std::io::Write;
         let boot_offset = periscope_agent::decoder::boot_to_realtime_offset_ns();
-        let mut out = std::io::LineWriter::new(std::io::stdout());
-        while let Some(raw) = rx.recv().await {
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout());
+        while let Some(batch) = rx.recv().await {
             let st = printer_state.read().await;
-            let line = match raw {
-                RawEvent::Sample(ev) => {
-                    let flow = periscope_agent::decoder::decode(&ev, &st, boot_offset);
-                    if let Some(w) = flow_log.as_mut() {
-                        use prost::Message;
-                        let _ = w.write_all(&flow.encode_length_delimited_to_vec());
-                        if rx.is_empty() {
-                            let _ = w.flush();
+            for raw in batch {
+                let line = match raw {
+                    RawEvent::Sample(ev) => {
+                        let flow = periscope_agent::decoder::decode(&ev, &st, boot_offset);
+                        if let Some(w) = flow_log.as_mut() {
+                            use prost::Message;
+                            let _ = w.write_all(&flow.encode_length_delimited_to_vec());
+                        }
+                        match output.as_str() {
+                            "compact" => periscope_agent::decoder::compact(&flow),
+                            _ => continue,
                         }
                     }
-                    match output.as_str() {
-                        "compact" => periscope_agent::decoder::compact(&flow),
-                        _ => continue,
+                    RawEvent::Lost { cpu, count } => {
+                        printer_lost.fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+                        format!("LOST: {count} events lost in the perf ring of CPU {cpu}")
                     }
+                };
+                if writeln!(out, "{line}").is_err() {
+                    return;
                 }
-                RawEvent::Lost { cpu, count } => {
-                    printer_lost.fetch_add(count, std::sync::atomic::Ordering::Relaxed);
-                    format!("LOST: {count} events lost in the perf ring of CPU {cpu}")
+            }
+            if rx.is_empty() {
+                let _ = out.flush();
+                if let Some(w) = flow_log.as_mut() {
+                    let _ = w.flush();
                 }
-            };
-            if writeln!(out, "{line}").is_err() {
-                break;
             }
         }
     });

@@ -63,6 +63,12 @@ pub struct BenchArgs {
     /// Skip setup and build (use the binaries already built).
     #[arg(long)]
     no_build: bool,
+    /// Pin the client to CPU 0 and the server to CPU 1 (iperf3 -A, sched_setaffinity).
+    #[arg(long)]
+    pin: bool,
+    /// Monitor aggregation of the agent in configuration (b): none, medium, maximum.
+    #[arg(long, default_value = "medium")]
+    monitor_aggregation: String,
 }
 
 /// Set by Ctrl-C / SIGTERM: the benchmark stops at the next check and cleans up.
@@ -89,6 +95,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let opts = Opts {
         secs: a.duration.unwrap_or(if a.quick { 1 } else { 4 }).max(1),
         reps: a.reps.unwrap_or(if a.quick { 1 } else { 3 }).max(1),
+        pin: a.pin && std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2),
+        aggregation: a.monitor_aggregation.clone(),
     };
     crate::require_root()?;
     if !a.no_build {
@@ -107,12 +115,37 @@ pub fn run(a: BenchArgs) -> Result<()> {
 }
 
 /// Durations of a run.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Opts {
     /// Seconds per measurement.
     secs: u64,
     /// Repetitions (median reported).
     reps: usize,
+    /// Client on CPU 0, server on CPU 1.
+    pin: bool,
+    /// `--monitor-aggregation` of the agents.
+    aggregation: String,
+}
+
+/// CPU of the client (`CLIENT_CPU`) and the server (`SERVER_CPU`) with `--pin`.
+const CLIENT_CPU: usize = 0;
+const SERVER_CPU: usize = 1;
+
+/// Pins the calling thread to `cpu` (if `pin`).
+fn pin_thread(pin: bool, cpu: usize) -> io::Result<()> {
+    if !pin {
+        return Ok(());
+    }
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity(0 = this thread) get a
+    // pointer to it and its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -387,12 +420,11 @@ impl Drop for Bed {
                 eprintln!("[bench] teardown of test bed {id}: {e}");
             }
         }
-        if let Some(dir) = self.bpffs.take() {
-            if let Err(e) = fs::remove_dir_all(&dir) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    eprintln!("[bench] removing {}: {e}", dir.display());
-                }
-            }
+        if let Some(dir) = self.bpffs.take()
+            && let Err(e) = fs::remove_dir_all(&dir)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            eprintln!("[bench] removing {}: {e}", dir.display());
         }
     }
 }
@@ -411,7 +443,13 @@ impl Bed {
     }
 
     /// Creates the test bed and puts the configuration in place, then checks that it is in force.
-    fn up(setup: Setup, topology: &Topology, topo_path: &Path, work: &Path) -> Result<Bed> {
+    fn up(
+        setup: Setup,
+        opts: &Opts,
+        topology: &Topology,
+        topo_path: &Path,
+        work: &Path,
+    ) -> Result<Bed> {
         let mut bed = Bed {
             setup,
             agent: None,
@@ -436,14 +474,20 @@ impl Bed {
         .context("client pod sysctls")?;
         match setup {
             Setup::Plain => {}
-            Setup::Periscope(wide) => bed.start_agent(wide, topo_path, work)?,
+            Setup::Periscope(wide) => bed.start_agent(wide, &opts.aggregation, topo_path, work)?,
             Setup::Iptables(wide) => bed.load_iptables(wide)?,
         }
         bed.verify()?;
         Ok(bed)
     }
 
-    fn start_agent(&mut self, wide: bool, topo_path: &Path, work: &Path) -> Result<()> {
+    fn start_agent(
+        &mut self,
+        wide: bool,
+        aggregation: &str,
+        topo_path: &Path,
+        work: &Path,
+    ) -> Result<()> {
         let key = self.setup.key();
         let policy = work.join(format!("policy-{key}.yaml"));
         fs::write(&policy, policy_yaml(wide))?;
@@ -469,7 +513,7 @@ impl Bed {
             .arg(&bpffs)
             .arg("--state-dir")
             .arg(&state)
-            .args(["--monitor-aggregation", "medium", "--output", "none"])
+            .args(["--monitor-aggregation", aggregation, "--output", "none"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log)?)
@@ -676,19 +720,19 @@ impl Bed {
         let d = Duration::from_secs(opts.secs);
         match m {
             Metric::Throughput => Ok(Sample {
-                value: self.iperf3(opts.secs)?,
+                value: self.iperf3(opts.secs, opts.pin)?,
                 errors: 0,
             }),
             Metric::Rr => Ok(Sample {
-                value: self.rr(d)?,
+                value: self.rr(d, opts.pin)?,
                 errors: 0,
             }),
-            Metric::Crr => self.crr(d),
+            Metric::Crr => self.crr(d, opts.pin),
         }
     }
 
     /// iperf3 (one TCP stream, client → server) for `secs`; received bits/s.
-    fn iperf3(&self, secs: u64) -> Result<f64> {
+    fn iperf3(&self, secs: u64, pin: bool) -> Result<f64> {
         let server = self.server();
         let mut srv = Proc(Some(
             Command::new("ip")
@@ -702,6 +746,7 @@ impl Bed {
                     "-p",
                     &PORT.to_string(),
                 ])
+                .args(pin.then(|| format!("-A{SERVER_CPU}")))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -734,7 +779,8 @@ impl Bed {
                     "-J".into(),
                     "--connect-timeout".into(),
                     "3000".into(),
-                ]),
+                ])
+                .args(pin.then(|| format!("-A{CLIENT_CPU}"))),
             Duration::from_secs(secs + 20),
         )?;
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
@@ -756,7 +802,7 @@ impl Bed {
 
     /// Starts the ping-pong server on the server pod: one connection at a time, echoes every byte
     /// until the peer closes (or resets) it. Used by RR and CRR.
-    fn pingpong_server(&self) -> Result<PingPongServer> {
+    fn pingpong_server(&self, pin: bool) -> Result<PingPongServer> {
         let sock = self.server().try_run(|| -> io::Result<Socket> {
             let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
             s.set_reuse_address(true)?;
@@ -771,7 +817,12 @@ impl Bed {
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name("bench-pingpong".into())
-                .spawn(move || pingpong_serve(&sock, &stop))?
+                .spawn(move || {
+                    if let Err(e) = pin_thread(pin, SERVER_CPU) {
+                        eprintln!("[bench] cannot pin the server to CPU {SERVER_CPU}: {e}");
+                    }
+                    pingpong_serve(&sock, &stop)
+                })?
         };
         Ok(PingPongServer {
             stop,
@@ -780,12 +831,13 @@ impl Bed {
     }
 
     /// Request/response: one connection, 1-byte ping-pong for `d`; transactions/s.
-    fn rr(&self, d: Duration) -> Result<f64> {
-        let _srv = self.pingpong_server()?;
+    fn rr(&self, d: Duration, pin: bool) -> Result<f64> {
+        let _srv = self.pingpong_server(pin)?;
         let dst = self.server().v4(PORT);
         let (n, elapsed) = self
             .client()
             .try_run(move || -> io::Result<(u64, Duration)> {
+                pin_thread(pin, CLIENT_CPU)?;
                 let mut s = TcpStream::connect_timeout(&dst, Duration::from_secs(2))?;
                 s.set_nodelay(true)?;
                 s.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -809,10 +861,13 @@ impl Bed {
     }
 
     /// New connections: connect, 1 byte each way, close with RST, for `d`; connections/s.
-    fn crr(&self, d: Duration) -> Result<Sample> {
-        let _srv = self.pingpong_server()?;
+    fn crr(&self, d: Duration, pin: bool) -> Result<Sample> {
+        let _srv = self.pingpong_server(pin)?;
         let dst = self.server().v4(PORT);
         let (ok, errors, first_error, elapsed) = self.client().try_run(move || {
+            if let Err(e) = pin_thread(pin, CLIENT_CPU) {
+                eprintln!("[bench] cannot pin the client to CPU {CLIENT_CPU}: {e}");
+            }
             let mut ok = 0u64;
             let mut errors = 0u64;
             let mut first_error = None;
@@ -951,7 +1006,7 @@ fn datapath(opts: &Opts) -> Result<()> {
     for s in Setup::ALL {
         check_stop()?;
         let t = Instant::now();
-        let bed = Bed::up(s, &topology, &topo_path, &work.0)?;
+        let bed = Bed::up(s, opts, &topology, &topo_path, &work.0)?;
         eprintln!(
             "[bench] configuration {} ready in {:.1} s{}{}",
             s.key(),
@@ -1000,20 +1055,21 @@ fn datapath(opts: &Opts) -> Result<()> {
     std::thread::sleep(Duration::from_millis(1500));
     let mut notes = Vec::new();
     for b in &beds {
-        if b.agent.is_some() {
-            if let Ok(st) = b.status() {
-                let c = &st["counters"];
-                notes.push(format!(
-                    "agent {}: events sent {}, lost in kernel {}, lost in ring {}, lost in queue {}, drops {}, CT entries {}",
-                    b.setup.key(),
-                    c["events_sent"],
-                    c["events_lost_in_kernel"],
-                    c["events_lost_ring"],
-                    c["events_lost_queue"],
-                    c["dropped"],
-                    c["ct_entries"]
-                ));
-            }
+        if let Some(agent) = &b.agent
+            && let Ok(st) = b.status()
+        {
+            let c = &st["counters"];
+            let cpu = process_cpu_secs(agent.id()).map_or("?".into(), |s| format!("{s:.1} s"));
+            notes.push(format!(
+                "agent {} (CPU time {cpu}, user + system, paused while other configurations ran): events sent {}, lost in kernel {}, lost in ring {}, lost in queue {}, drops {}, CT entries {}",
+                b.setup.key(),
+                c["events_sent"],
+                c["events_lost_in_kernel"],
+                c["events_lost_ring"],
+                c["events_lost_queue"],
+                c["dropped"],
+                c["ct_entries"]
+            ));
         }
     }
     let facts = Facts {
@@ -1065,7 +1121,7 @@ fn group_digits(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -1088,6 +1144,13 @@ fn report(
     let cell = |m: Metric, s: Setup| med(m, s).map_or_else(|| "—".to_string(), |v| m.format(v));
     let mut r = String::new();
     let _ = writeln!(r, "## Datapath benchmark (`cargo xtask bench datapath`)\n");
+    if opts.reps < 3 || opts.secs < 3 {
+        let _ = writeln!(
+            r,
+            "**Smoke run ({} s × {}): numbers are indicative only.**\n",
+            opts.secs, opts.reps
+        );
+    }
     let _ = writeln!(
         r,
         "{} · Linux {} · {} CPUs ({}) · {} · {} · {} s per measurement, median of {} (interleaved rounds) · load average before {} / after {} · total {:.0} s\n",
@@ -1105,9 +1168,15 @@ fn report(
     );
     let _ = writeln!(
         r,
-        "One node, pods `{CLIENT}` ({CLIENT_IP}, app=client) → `{SERVER}` ({SERVER_IP}, app=server), IPv4, TCP port {PORT}; each configuration on its own fresh test bed.\n\
-         (a) nothing attached · (b) Periscope: policy + conntrack + flow events, monitor aggregation medium · \
-         (c) iptables in the node's FORWARD chain: conntrack ESTABLISHED,RELATED accept, allow rule(s), drop.\n"
+        "One node, pods `{CLIENT}` ({CLIENT_IP}, app=client) → `{SERVER}` ({SERVER_IP}, app=server), IPv4, TCP port {PORT}; each configuration on its own fresh test bed; {}.\n\
+         (a) nothing attached · (b) Periscope: policy + conntrack + flow events, monitor aggregation {} · \
+         (c) iptables in the node's FORWARD chain: conntrack ESTABLISHED,RELATED accept, allow rule(s), drop.\n",
+        if opts.pin {
+            format!("client pinned to CPU {CLIENT_CPU}, server to CPU {SERVER_CPU}")
+        } else {
+            "client and server not pinned".to_string()
+        },
+        opts.aggregation,
     );
     let _ = writeln!(
         r,
@@ -1302,6 +1371,18 @@ fn report(
         );
     }
     r
+}
+
+/// User + system CPU seconds of a process (`/proc/<pid>/stat`).
+fn process_cpu_secs(pid: u32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after "(comm)": state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| ticks as f64 / hz as f64)
 }
 
 fn read_trim(path: &str) -> String {

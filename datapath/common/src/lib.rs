@@ -265,10 +265,14 @@ pub struct IpcacheValue {
     pub identity: u32,
     /// IPv4 address of the node hosting the address (0 = local or unknown), network byte order.
     pub tunnel_endpoint: u32,
-    /// Flags, currently none (zero).
+    /// `IPCACHE_F_*` bits.
     pub flags: u32,
 }
 const _: () = assert!(core::mem::size_of::<IpcacheValue>() == 12);
+
+/// ipcache flag: the address belongs to an endpoint of this node (its own datapath instance
+/// reports packets delivered to it).
+pub const IPCACHE_F_LOCAL_ENDPOINT: u32 = 1 << 0;
 
 // ---------------------------------------------------------------------------------------------
 // Endpoints.
@@ -406,6 +410,9 @@ pub const CT_F_CLOSING_RX: u8 = 1 << 1;
 pub const CT_F_AUDIT: u8 = 1 << 2;
 /// CT flag: a reply has been seen.
 pub const CT_F_SEEN_REPLY: u8 = 1 << 3;
+/// CT flag: the peer is an endpoint of this node. Under aggregation, packets of such a connection
+/// are reported once, where they are delivered (to-endpoint), not also where they leave.
+pub const CT_F_LOCAL_PEER: u8 = 1 << 4;
 
 /// Value of the connection-tracking map.
 #[repr(C)]

@@ -31,12 +31,13 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use periscope_datapath_common::{
-    CT_F_AUDIT, CT_F_CLOSING_RX, CT_F_CLOSING_TX, CT_F_SEEN_REPLY, CT_SCOPE_EGRESS,
-    CT_SCOPE_INGRESS, CtEntry, CtKey, DatapathConfig, EP_F_AUDIT_EGRESS, EP_F_AUDIT_INGRESS,
-    EP_F_HAS_IPV4, EP_F_HAS_IPV6, EV_F_IPV6, EV_F_NEW, EV_F_REPLY, EV_F_REPLY_KNOWN, EV_F_REPORT,
-    EVENT_VERSION, EndpointInfo, FlowEvent, IDENTITY_WORLD, IpcacheKey, IpcacheValue, MetricsValue,
-    POLICY_F_DENY, PolicyEntry, PolicyKey, aggregation, capacity, dir, drop, family, match_type,
-    metric, metrics_index, msg, obs, proto, tcp, verdict,
+    CT_F_AUDIT, CT_F_CLOSING_RX, CT_F_CLOSING_TX, CT_F_LOCAL_PEER, CT_F_SEEN_REPLY,
+    CT_SCOPE_EGRESS, CT_SCOPE_INGRESS, CtEntry, CtKey, DatapathConfig, EP_F_AUDIT_EGRESS,
+    EP_F_AUDIT_INGRESS, EP_F_HAS_IPV4, EP_F_HAS_IPV6, EV_F_IPV6, EV_F_NEW, EV_F_REPLY,
+    EV_F_REPLY_KNOWN, EV_F_REPORT, EVENT_VERSION, EndpointInfo, FlowEvent, IDENTITY_WORLD,
+    IPCACHE_F_LOCAL_ENDPOINT, IpcacheKey, IpcacheValue, MetricsValue, POLICY_F_DENY, PolicyEntry,
+    PolicyKey, aggregation, capacity, dir, drop, family, match_type, metric, metrics_index, msg,
+    obs, proto, tcp, verdict,
 };
 
 /// Endpoint id of this program instance, set by the loader.
@@ -328,8 +329,9 @@ fn config() -> DatapathConfig {
     }
 }
 
+/// Identity and flags of an address (world without an ipcache entry).
 #[inline(always)]
-fn identity_of(fam: u8, addr: &[u8; 16]) -> u32 {
+fn ipcache_of(fam: u8, addr: &[u8; 16]) -> (u32, u32) {
     let key = LpmKey::new(
         IpcacheKey::host_prefix_len(fam),
         IpcacheKey {
@@ -340,8 +342,8 @@ fn identity_of(fam: u8, addr: &[u8; 16]) -> u32 {
         },
     );
     match IPCACHE.get(&key) {
-        Some(v) => v.identity,
-        None => IDENTITY_WORLD,
+        Some(v) => (v.identity, v.flags),
+        None => (IDENTITY_WORLD, 0),
     }
 }
 
@@ -536,15 +538,13 @@ fn process(ctx: &TcContext, pkt: &Packet, direction: u8) -> Result<i32, u8> {
         return Err(drop::INVALID_SOURCE_IP);
     }
 
-    let (src_id, dst_id) = if direction == dir::EGRESS {
-        (ep.identity, identity_of(pkt.family, &pkt.daddr))
-    } else {
-        (identity_of(pkt.family, &pkt.saddr), ep.identity)
-    };
-    let remote = if direction == dir::EGRESS {
-        dst_id
-    } else {
-        src_id
+    // The (src, dst) identities of a packet given the remote side's identity.
+    let ids = |remote: u32| {
+        if direction == dir::EGRESS {
+            (ep.identity, remote)
+        } else {
+            (remote, ep.identity)
+        }
     };
     let cfg = config();
     let now = now_ns();
@@ -608,6 +608,15 @@ fn process(ctx: &TcContext, pkt: &Packet, direction: u8) -> Result<i32, u8> {
     let mut ev_flags = 0u8;
     let mut new_conn = false;
     if state == CtState::New {
+        // Only new connections resolve the remote identity; established packets use the one
+        // their CT entry recorded.
+        let remote_addr = if direction == dir::EGRESS {
+            &pkt.daddr
+        } else {
+            &pkt.saddr
+        };
+        let (remote, remote_flags) = ipcache_of(pkt.family, remote_addr);
+        let (src_id, dst_id) = ids(remote);
         let d = policy_lookup(remote, pkt.policy_port, pkt.proto, direction, bytes);
         let audit_bit = if direction == dir::INGRESS {
             EP_F_AUDIT_INGRESS
@@ -664,7 +673,12 @@ fn process(ctx: &TcContext, pkt: &Packet, direction: u8) -> Result<i32, u8> {
             remote_identity: remote,
             tx_flags_seen: 0,
             rx_flags_seen: 0,
-            flags: if audit { CT_F_AUDIT } else { 0 },
+            flags: (if audit { CT_F_AUDIT } else { 0 })
+                | (if remote_flags & IPCACHE_F_LOCAL_ENDPOINT != 0 {
+                    CT_F_LOCAL_PEER
+                } else {
+                    0
+                }),
             match_type: d.match_type,
             rule_id: d.rule_id,
             ep_id: ep_id as u16,
@@ -688,7 +702,7 @@ fn process(ctx: &TcContext, pkt: &Packet, direction: u8) -> Result<i32, u8> {
     let mut report = false;
     // SAFETY: `entry` is a live map value found or inserted above; counters are atomic, flag
     // updates are benign races (an OR of bits).
-    let (txp, txb, rxp, rxb) = unsafe {
+    let (txp, txb, rxp, rxb, remote) = unsafe {
         let e = &mut *entry;
         let (pk, by) = if is_reply {
             (&raw mut e.rx_packets, &raw mut e.rx_bytes)
@@ -733,8 +747,12 @@ fn process(ctx: &TcContext, pkt: &Packet, direction: u8) -> Result<i32, u8> {
         };
         e.expires_ns = now + lifetime;
 
+        // Under aggregation a packet between two endpoints of this node is reported once, at
+        // delivery (to-endpoint), like Cilium's aggregation of send-side traces.
+        let reported_elsewhere = direction == dir::EGRESS && e.flags & CT_F_LOCAL_PEER != 0;
         match cfg.aggregation {
             aggregation::NONE => report = true,
+            _ if reported_elsewhere => {}
             level => {
                 if new_conn || first_reply {
                     report = true;
@@ -756,8 +774,15 @@ fn process(ctx: &TcContext, pkt: &Packet, direction: u8) -> Result<i32, u8> {
         if report {
             e.last_report_ns = now;
         }
-        (e.tx_packets, e.tx_bytes, e.rx_packets, e.rx_bytes)
+        (
+            e.tx_packets,
+            e.tx_bytes,
+            e.rx_packets,
+            e.rx_bytes,
+            e.remote_identity,
+        )
     };
+    let (src_id, dst_id) = ids(remote);
 
     count(metric::PACKETS, direction, 0, bytes);
     if report {
