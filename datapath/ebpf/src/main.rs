@@ -69,6 +69,9 @@ static POLICY: HashMap<PolicyKey, PolicyEntry> = HashMap::with_max_entries(capac
 #[map(name = "PSC_SCRATCH")]
 static SCRATCH: PerCpuArray<FlowEvent> = PerCpuArray::with_max_entries(1, 0);
 
+/// Granularity of CT lifetime refreshes.
+const LIFETIME_GRANULARITY_NS: u64 = 1_000_000_000;
+
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -717,7 +720,9 @@ fn process(ctx: &TcContext, pkt: &Packet, direction: u8) -> Result<i32, u8> {
             e.tx_flags_seen
         };
         let new_flags = pkt.tcp_flags & !seen;
-        if pkt.proto == proto::TCP {
+        // Writes to the shared entry only when something changes: the two directions of a
+        // connection are usually handled on different CPUs, and every store bounces the line.
+        if pkt.proto == proto::TCP && new_flags != 0 {
             if is_reply {
                 e.rx_flags_seen |= pkt.tcp_flags;
             } else {
@@ -732,7 +737,7 @@ fn process(ctx: &TcContext, pkt: &Packet, direction: u8) -> Result<i32, u8> {
             }
         }
         let first_reply = is_reply && e.flags & CT_F_SEEN_REPLY == 0;
-        if is_reply {
+        if first_reply {
             e.flags |= CT_F_SEEN_REPLY;
         }
         let closing = e.flags & (CT_F_CLOSING_TX | CT_F_CLOSING_RX);
@@ -745,7 +750,11 @@ fn process(ctx: &TcContext, pkt: &Packet, direction: u8) -> Result<i32, u8> {
         } else {
             cfg.ct_syn_lifetime_ns
         };
-        e.expires_ns = now + lifetime;
+        // The lifetime is refreshed at most once per second (or when it must shrink, on close).
+        let expires = now + lifetime;
+        if expires > e.expires_ns + LIFETIME_GRANULARITY_NS || expires < e.expires_ns {
+            e.expires_ns = expires;
+        }
 
         // Under aggregation a packet between two endpoints of this node is reported once, at
         // delivery (to-endpoint), like Cilium's aggregation of send-side traces.
