@@ -24,6 +24,71 @@ pub struct EndpointMode {
     pub audit: Option<bool>,
 }
 
+/// Which label keys are security-relevant (Cilium's `--labels`): patterns `[source:]key-prefix`,
+/// a leading `!` excludes. Empty = every label. Namespace and cluster labels always count.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LabelFilter {
+    patterns: Vec<(bool, Option<String>, String)>,
+}
+
+impl LabelFilter {
+    /// Parses patterns such as `app`, `k8s:app`, `!k8s:pod-template-hash`.
+    pub fn parse(patterns: &[String]) -> Result<Self, String> {
+        let mut out = Vec::new();
+        for p in patterns {
+            let (exclude, rest) = match p.strip_prefix('!') {
+                Some(r) => (true, r),
+                None => (false, p.as_str()),
+            };
+            let (source, key) = match rest.split_once(':') {
+                Some((s, k)) => (Some(s.to_string()), k.to_string()),
+                None => (None, rest.to_string()),
+            };
+            if key.is_empty() || key.contains([' ', '=']) {
+                return Err(format!("--labels {p:?}: expected [!][source:]key-prefix"));
+            }
+            out.push((exclude, source, key));
+        }
+        Ok(LabelFilter { patterns: out })
+    }
+
+    /// Whether a `k8s`-sourced label key is security-relevant.
+    pub fn keeps(&self, key: &str) -> bool {
+        if key == crate::identity::LABEL_NAMESPACE || key == crate::identity::LABEL_CLUSTER {
+            return true;
+        }
+        let hit = |(_, src, k): &&(bool, Option<String>, String)| {
+            src.as_deref().is_none_or(|s| s == "k8s" || s == "any") && key.starts_with(k.as_str())
+        };
+        if self.patterns.iter().filter(|p| p.0).any(|p| hit(&p)) {
+            return false;
+        }
+        let includes: Vec<_> = self.patterns.iter().filter(|p| !p.0).collect();
+        includes.is_empty() || includes.iter().any(hit)
+    }
+}
+
+/// Endpoints learned from metadata sources (kvstore, Kubernetes) that are not attached on this
+/// node: they get ipcache entries and name flows.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Remote {
+    /// The endpoints (with a fixed identity when the source assigns one).
+    pub pods: Vec<Pod>,
+    /// Exact labels of source-assigned identities.
+    pub identities: BTreeMap<u32, LabelSet>,
+}
+
+/// How the agent builds identities and enforcement from its inputs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BuildConfig {
+    /// Enforcement modes.
+    pub enforcement: Enforcement,
+    /// Cluster id (0-255): the high bits of this cluster's identities.
+    pub cluster_id: u8,
+    /// Security-relevant labels.
+    pub labels: LabelFilter,
+}
+
 /// Enforcement configuration.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Enforcement {
@@ -102,6 +167,8 @@ pub struct State {
     pub policies: PolicySet,
     /// ipcache content.
     pub ipcache: BTreeMap<(IpcacheKey, u32), IpcacheValue>,
+    /// Agent addresses of the nodes that declare one.
+    pub node_addresses: BTreeMap<String, String>,
 }
 
 impl State {
@@ -110,16 +177,42 @@ impl State {
     pub fn build(
         node: &str,
         topology: &Topology,
+        remote: &Remote,
         policies: PolicySet,
-        enforcement: &Enforcement,
+        config: &BuildConfig,
     ) -> (State, Vec<EndpointSpec>) {
+        let enforcement = &config.enforcement;
         let cluster = topology.cluster.clone();
-        let endpoint_pods: Vec<&Pod> = topology.pods.iter().filter(|p| !p.external).collect();
+        // Local candidates (topology file) first, then remote endpoints of the sources.
+        let endpoint_pods: Vec<&Pod> = topology
+            .pods
+            .iter()
+            .filter(|p| !p.external)
+            .chain(remote.pods.iter())
+            .collect();
+        let n_topology = topology.pods.iter().filter(|p| !p.external).count();
         let label_sets: Vec<LabelSet> = endpoint_pods
             .iter()
-            .map(|p| pod_labels(&p.labels, &p.namespace, &cluster))
+            .map(|p| {
+                // A kvstore identity comes with its exact labels.
+                if let Some(l) = p.identity.and_then(|id| remote.identities.get(&id)) {
+                    return l.clone();
+                }
+                let relevant: BTreeMap<String, String> = p
+                    .labels
+                    .iter()
+                    .filter(|(k, _)| config.labels.keeps(k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                pod_labels(&relevant, &p.namespace, &cluster)
+            })
             .collect();
-        let identities = Identities::allocate(label_sets.iter());
+        let fixed: BTreeMap<LabelSet, u32> = endpoint_pods
+            .iter()
+            .zip(&label_sets)
+            .filter_map(|(p, l)| p.identity.map(|id| (l.clone(), id)))
+            .collect();
+        let identities = Identities::allocate_with(label_sets.iter(), config.cluster_id, &fixed);
         let cidr_identities: BTreeMap<IpNet, u32> = policies
             .cidrs()
             .into_iter()
@@ -149,13 +242,14 @@ impl State {
                 },
             );
         }
-        for p in &topology.pods {
+        for p in topology.pods.iter().chain(remote.pods.iter()) {
             for ip in &p.ips {
                 pods_by_ip.insert(*ip, p.clone());
             }
         }
-        for (p, labels) in endpoint_pods.iter().zip(&label_sets) {
+        for (i, (p, labels)) in endpoint_pods.iter().zip(&label_sets).enumerate() {
             let id = identities.id_of(labels).expect("allocated above");
+            let local = i < n_topology && p.node == node;
             for ip in &p.ips {
                 let (fam, addr) = addr16(*ip);
                 ipcache.insert(
@@ -171,11 +265,7 @@ impl State {
                     IpcacheValue {
                         identity: id,
                         tunnel_endpoint: 0,
-                        flags: if p.node == node {
-                            IPCACHE_F_LOCAL_ENDPOINT
-                        } else {
-                            0
-                        },
+                        flags: if local { IPCACHE_F_LOCAL_ENDPOINT } else { 0 },
                     },
                 );
                 identity_by_ip.insert(*ip, id);
@@ -188,7 +278,7 @@ impl State {
         };
         let mut endpoints = BTreeMap::new();
         let mut specs = Vec::new();
-        for (p, labels) in endpoint_pods.iter().zip(&label_sets) {
+        for (p, labels) in endpoint_pods.iter().zip(&label_sets).take(n_topology) {
             if p.node != node {
                 continue;
             }
@@ -249,6 +339,11 @@ impl State {
             endpoints,
             policies,
             ipcache,
+            node_addresses: topology
+                .nodes
+                .iter()
+                .filter_map(|n| n.address.clone().map(|a| (n.name.clone(), a)))
+                .collect(),
         };
         (state, specs)
     }

@@ -182,6 +182,8 @@ pub struct Datapath {
     metrics: PerCpuArray<MapData, MetricsValue>,
     events: Option<MapData>,
     endpoints: BTreeMap<String, EndpointProgram>,
+    /// The network namespace holding the endpoints' host-side interfaces (None = ours).
+    netns: Option<std::fs::File>,
 }
 
 impl Datapath {
@@ -245,6 +247,7 @@ impl Datapath {
             metrics,
             events: Some(events),
             endpoints: BTreeMap::new(),
+            netns: None,
         };
         if dp
             .config
@@ -255,6 +258,33 @@ impl Datapath {
             dp.set_config(&DatapathConfig::default())?;
         }
         Ok(dp)
+    }
+
+    /// Sets the network namespace (e.g. `/run/netns/<node>`) where the endpoints' host-side
+    /// interfaces live. Interface lookups and attachments switch the calling thread into it for
+    /// their duration; everything else (the API, kvstore and API-server connections) stays in the
+    /// agent's own namespace.
+    pub fn set_netns(&mut self, path: &Path) -> Result<()> {
+        let f = fs::File::open(path).map_err(|source| DatapathError::Fs {
+            op: "open network namespace",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.netns = Some(f);
+        Ok(())
+    }
+
+    fn enter_netns(&self) -> Result<Option<NetnsGuard>> {
+        match &self.netns {
+            None => Ok(None),
+            Some(f) => NetnsGuard::enter(f)
+                .map(Some)
+                .map_err(|source| DatapathError::Fs {
+                    op: "enter network namespace",
+                    path: "--netns".into(),
+                    source,
+                }),
+        }
     }
 
     /// The node's bpffs directory.
@@ -298,6 +328,7 @@ impl Datapath {
     /// Makes the set of endpoints exactly `specs`: loads/attaches new ones, takes over pinned ones,
     /// updates identities/flags, and detaches endpoints no longer present. Returns ifname → id.
     pub fn sync_endpoints(&mut self, specs: &[EndpointSpec]) -> Result<BTreeMap<String, u32>> {
+        let _ns = self.enter_netns()?;
         let recorded = self.recorded_ids();
         let mut used: BTreeSet<u32> = recorded.values().copied().collect();
         let mut ids = BTreeMap::new();
@@ -521,6 +552,7 @@ impl Datapath {
 
     /// Detaches an endpoint's programs and removes its pins and map entry.
     pub fn remove_endpoint(&mut self, ifname: &str) -> Result<()> {
+        let _ns = self.enter_netns()?;
         if let Some(ep) = self.endpoints.remove(ifname) {
             let _ = self.endpoints_map.remove(&ep.id);
             drop(ep);
@@ -678,4 +710,38 @@ pub fn boottime_ns() -> u64 {
     // SAFETY: valid out pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Switches the calling thread into a network namespace and back when dropped. Used only around
+/// synchronous sections (no `.await` inside), so the thread is never handed to other work while
+/// switched.
+struct NetnsGuard {
+    original: fs::File,
+}
+
+impl NetnsGuard {
+    fn enter(target: &fs::File) -> io::Result<Self> {
+        use std::os::fd::AsRawFd;
+        let original = fs::File::open("/proc/thread-self/ns/net")?;
+        // SAFETY: setns on a valid namespace fd affects only the calling thread.
+        if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(NetnsGuard { original })
+    }
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: back to the namespace the thread was in.
+        let rc = unsafe { libc::setns(self.original.as_raw_fd(), libc::CLONE_NEWNET) };
+        if rc != 0 {
+            // A thread stuck in the wrong namespace would misroute later connections.
+            panic!(
+                "cannot return to the agent's network namespace: {}",
+                io::Error::last_os_error()
+            );
+        }
+    }
 }

@@ -351,7 +351,7 @@ pub fn compact(f: &Flow) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::{Enforcement, State};
+    use crate::agent::{BuildConfig, Remote, State};
     use crate::policy::PolicySet;
     use periscope_topology::Topology;
     use std::path::Path;
@@ -367,7 +367,13 @@ pods:
             Path::new("t.yaml"),
         )
         .unwrap();
-        let (mut s, specs) = State::build("n1", &t, PolicySet::default(), &Enforcement::default());
+        let (mut s, specs) = State::build(
+            "n1",
+            &t,
+            &Remote::default(),
+            PolicySet::default(),
+            &BuildConfig::default(),
+        );
         let ids = specs
             .iter()
             .enumerate()

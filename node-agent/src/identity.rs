@@ -100,8 +100,26 @@ pub struct Identities {
 }
 
 impl Identities {
-    /// Allocates identities for `sets` deterministically.
+    /// Allocates identities for `sets` deterministically (cluster 0, nothing fixed).
     pub fn allocate<'a>(sets: impl IntoIterator<Item = &'a LabelSet>) -> Self {
+        Self::allocate_with(sets, 0, &BTreeMap::new())
+    }
+
+    /// Allocates identities: `fixed` label sets keep their given numbers (e.g. from a kvstore);
+    /// the others get `cluster_id << 16 | (256 + slot)` with the slot from a hash of the labels
+    /// (linear probing in a fixed order on collisions), so identities of different clusters
+    /// never collide and every agent computes the same numbers.
+    pub fn allocate_with<'a>(
+        sets: impl IntoIterator<Item = &'a LabelSet>,
+        cluster_id: u8,
+        fixed: &BTreeMap<LabelSet, u32>,
+    ) -> Self {
+        let mut t = Identities::default();
+        for (labels, id) in fixed {
+            t.by_labels.insert(labels.clone(), *id);
+            t.by_id.insert(*id, labels.clone());
+        }
+        let base = (cluster_id as u32) << 16;
         let mut keyed: Vec<(u64, String, &LabelSet)> = sets
             .into_iter()
             .map(|s| {
@@ -115,13 +133,18 @@ impl Identities {
             .collect();
         keyed.sort();
         keyed.dedup_by(|a, b| a.1 == b.1);
-        let mut t = Identities::default();
         for (h, _, set) in keyed {
+            if t.by_labels.contains_key(set) {
+                continue;
+            }
             let mut slot = (h % SPAN as u64) as u32;
-            while t.by_id.contains_key(&(dp::IDENTITY_FIRST_ALLOCATED + slot)) {
+            while t
+                .by_id
+                .contains_key(&(base + dp::IDENTITY_FIRST_ALLOCATED + slot))
+            {
                 slot = (slot + 1) % SPAN;
             }
-            let id = dp::IDENTITY_FIRST_ALLOCATED + slot;
+            let id = base + dp::IDENTITY_FIRST_ALLOCATED + slot;
             t.by_labels.insert(set.clone(), id);
             t.by_id.insert(id, set.clone());
         }
@@ -135,7 +158,7 @@ impl Identities {
 
     /// The labels of an identity (reserved identities included).
     pub fn labels_of(&self, id: u32) -> Option<LabelSet> {
-        if id < dp::IDENTITY_FIRST_ALLOCATED {
+        if id < dp::IDENTITY_FIRST_ALLOCATED && !self.by_id.contains_key(&id) {
             return Some(reserved_labels(id));
         }
         self.by_id.get(&id).cloned()
@@ -191,6 +214,25 @@ mod tests {
         let t = Identities::allocate(sets.iter());
         let ids: BTreeSet<u32> = sets.iter().map(|s| t.id_of(s).unwrap()).collect();
         assert_eq!(ids.len(), 3000);
+    }
+
+    #[test]
+    fn cluster_id_in_high_bits_and_fixed_identities_win() {
+        let a = set(&[("app", "db")], "prod");
+        let b = set(&[("app", "web")], "prod");
+        let c1 = Identities::allocate_with([&a, &b], 1, &BTreeMap::new());
+        let c2 = Identities::allocate_with([&a, &b], 2, &BTreeMap::new());
+        assert_eq!(c1.id_of(&a).unwrap() >> 16, 1);
+        assert_eq!(c2.id_of(&a).unwrap() >> 16, 2);
+        assert_eq!(
+            c1.id_of(&a).unwrap() & 0xffff,
+            c2.id_of(&a).unwrap() & 0xffff
+        );
+        let fixed: BTreeMap<LabelSet, u32> = [(a.clone(), 15614229)].into();
+        let t = Identities::allocate_with([&a, &b], 0, &fixed);
+        assert_eq!(t.id_of(&a), Some(15614229));
+        assert_eq!(t.labels_of(15614229), Some(a));
+        assert!(t.id_of(&b).is_some());
     }
 
     #[test]

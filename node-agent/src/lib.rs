@@ -3,8 +3,15 @@
 pub mod agent;
 pub mod datapath;
 pub mod decoder;
+pub mod etcd;
+pub mod filters;
 pub mod identity;
+pub mod metrics;
 pub mod monitor;
+pub mod observer;
 pub mod perf;
+pub mod pipeline;
 pub mod policy;
+pub mod ring;
+pub mod sources;
 pub mod status;

@@ -5,12 +5,19 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use periscope_agent::agent::{Enforcement, State, fingerprint};
+use periscope_agent::agent::{BuildConfig, Enforcement, LabelFilter, Remote, State, fingerprint};
 use periscope_agent::datapath::{Datapath, boottime_ns};
+use periscope_agent::etcd;
 use periscope_agent::monitor::{RawEvent, Readers};
+use periscope_agent::observer::{ObserverService, PeerService};
+use periscope_agent::pipeline::{self, Outputs};
 use periscope_agent::policy::{Mode, PolicySet};
+use periscope_agent::ring::Ring;
+use periscope_agent::sources::SharedView;
 use periscope_agent::status;
 use periscope_datapath_common::{DatapathConfig, aggregation};
+use periscope_proto::observer::observer_server::ObserverServer;
+use periscope_proto::peer::peer_server::PeerServer;
 use periscope_topology::Topology;
 use tokio::sync::{RwLock, mpsc};
 
@@ -33,8 +40,9 @@ struct Args {
     /// an error and the policies in force stay.
     #[arg(long, env = "PERISCOPE_POLICY")]
     policy: Option<PathBuf>,
-    /// Network namespace to run in (path such as /run/netns/<name>): the node's pods' host-side
-    /// interfaces live there.
+    /// Network namespace (path such as /run/netns/<name>) holding the node's pods' host-side
+    /// interfaces. The agent attaches there; its API and its connections stay in its own
+    /// namespace.
     #[arg(long)]
     netns: Option<PathBuf>,
     /// bpffs directory for this node's pinned maps and programs.
@@ -52,6 +60,22 @@ struct Args {
     /// Per-endpoint override, repeatable: <namespace>/<pod>=<default|always|never>[,audit|,noaudit].
     #[arg(long = "endpoint-mode", value_parser = Enforcement::parse_override)]
     endpoint_modes: Vec<(String, periscope_agent::agent::EndpointMode)>,
+    /// etcd endpoints (comma-separated URLs, e.g. http://127.0.0.1:2379): watch endpoints and
+    /// identities written in Cilium's kvstore layout under --etcd-prefix. During an etcd outage
+    /// the last state stays in force; the agent reconnects with backoff and jitter.
+    #[arg(long, value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+    /// Key prefix of the kvstore layout.
+    #[arg(long, default_value = "cilium/state")]
+    etcd_prefix: String,
+    /// Cluster id (0-255): the high bits of this cluster's security identities, so identities of
+    /// different clusters never collide.
+    #[arg(long, default_value_t = 0)]
+    cluster_id: u8,
+    /// Security-relevant label keys (Cilium's --labels), repeatable: `[!][source:]key-prefix`.
+    /// Default: every label. Namespace and cluster labels always count.
+    #[arg(long = "labels", value_name = "PATTERN")]
+    label_patterns: Vec<String>,
     /// Monitor aggregation: none (every packet), medium (new connections, new TCP flags, periodic
     /// report), maximum (new connections and close only, periodic report). Drops are never
     /// aggregated.
@@ -70,6 +94,22 @@ struct Args {
     /// (a machine-readable record for tests and tools until the gRPC API serves them).
     #[arg(long)]
     flow_log: Option<PathBuf>,
+    /// Address of the Hubble-compatible gRPC API (Observer, Peer, health). Without this flag
+    /// the agent takes 0.0.0.0:4244, or the next free port above it (skipping the relay's 4245)
+    /// when another agent on the same host has it.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Address other components should use to reach this agent (Peer service, GetNodes);
+    /// default: the listen address.
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Address of the Prometheus metrics endpoint (/metrics). Without this flag: 0.0.0.0:9965,
+    /// or the next free port above it when another agent on the host has it.
+    #[arg(long)]
+    metrics_listen: Option<String>,
+    /// Flows kept in the ring buffer for GetFlows (2^n - 1).
+    #[arg(long, default_value_t = 4095)]
+    ring_capacity: usize,
     /// Log filter (tracing env-filter syntax), e.g. info, periscope_agent=debug.
     #[arg(long, env = "PERISCOPE_LOG", default_value = "info")]
     log: String,
@@ -97,32 +137,56 @@ fn main() -> Result<()> {
     if !matches!(args.output.as_str(), "compact" | "none") {
         bail!("--output {:?}: expected compact or none", args.output);
     }
-    // Enter the node's network namespace before any thread exists, so every thread inherits it.
-    if let Some(ns) = &args.netns {
-        enter_netns(ns)?;
-    }
+    // The listeners are bound before the runtime starts.
+    let listener = bind_free(args.listen.as_deref(), AGENT_PORT, "--listen")?;
+    let metrics_listener = bind_free(
+        args.metrics_listen.as_deref(),
+        METRICS_PORT,
+        "--metrics-listen",
+    )?;
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?
-        .block_on(run(args))
+        .block_on(run(args, listener, metrics_listener))
 }
 
-fn enter_netns(path: &PathBuf) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(path).with_context(|| format!("--netns {}", path.display()))?;
-    // SAFETY: valid fd of a network namespace file.
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        bail!(
-            "--netns {}: setns: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        );
+/// Port of the agent API; the relay's 4245 is skipped when looking for a free one.
+const AGENT_PORT: u16 = 4244;
+const RELAY_PORT: u16 = 4245;
+/// Port of the metrics endpoint.
+const METRICS_PORT: u16 = 9965;
+/// Port of the relay's UI.
+const UI_PORT: u16 = 12000;
+
+/// Binds `explicit`, or the first free port from `default_port` on (skipping the relay's and the
+/// UI's ports) on all addresses.
+fn bind_free(
+    explicit: Option<&str>,
+    default_port: u16,
+    flag: &str,
+) -> Result<std::net::TcpListener> {
+    if let Some(addr) = explicit {
+        return std::net::TcpListener::bind(addr).with_context(|| format!("{flag} {addr}"));
     }
-    Ok(())
+    let mut last = None;
+    for port in default_port..default_port + 64 {
+        if port == RELAY_PORT || port == UI_PORT {
+            continue;
+        }
+        match std::net::TcpListener::bind(("0.0.0.0", port)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    bail!("{flag}: no free port from {default_port}: {last:?}")
 }
 
-async fn run(args: Args) -> Result<()> {
+async fn run(
+    args: Args,
+    listener: std::net::TcpListener,
+    metrics_listener: std::net::TcpListener,
+) -> Result<()> {
     let topology = Topology::load(&args.topology)?;
     if !topology.nodes.iter().any(|n| n.name == args.node) {
         bail!(
@@ -138,20 +202,47 @@ async fn run(args: Args) -> Result<()> {
     for w in &policies.warnings {
         tracing::warn!(warning = %w, "unsupported policy feature");
     }
-    let enforcement = Enforcement {
-        mode: args.enforcement,
-        audit: args.audit,
-        endpoints: args.endpoint_modes.iter().cloned().collect(),
+    let build = BuildConfig {
+        enforcement: Enforcement {
+            mode: args.enforcement,
+            audit: args.audit,
+            endpoints: args.endpoint_modes.iter().cloned().collect(),
+        },
+        cluster_id: args.cluster_id,
+        labels: LabelFilter::parse(&args.label_patterns).map_err(anyhow::Error::msg)?,
     };
 
     let mut dp = Datapath::open(&args.bpffs_root)?;
+    if let Some(ns) = &args.netns {
+        dp.set_netns(ns)?;
+    }
     let cfg = DatapathConfig {
         aggregation: args.monitor_aggregation,
         report_interval_ns: args.monitor_aggregation_interval.max(1) * 1_000_000_000,
         ..DatapathConfig::default()
     };
     dp.set_config(&cfg)?;
-    let (mut state, specs) = State::build(&args.node, &topology, policies, &enforcement);
+    // Metadata sources.
+    let etcd_view = SharedView::default();
+    let etcd_ids: etcd::SharedIdentities = Default::default();
+    if !args.etcd_endpoints.is_empty() {
+        tokio::spawn(etcd::run(
+            etcd::EtcdConfig {
+                endpoints: args.etcd_endpoints.clone(),
+                prefix: args.etcd_prefix.clone(),
+                timeout: Duration::from_secs(3),
+            },
+            etcd_view.clone(),
+            etcd_ids.clone(),
+        ));
+    }
+    let remote = || Remote {
+        pods: etcd_view.snapshot().pods.into_values().collect(),
+        identities: etcd_ids.lock().expect("identities").clone(),
+    };
+    let (mut state, specs) =
+        State::build(&args.node, &topology, &remote(), policies.clone(), &build);
+    let mut last_good = (topology, policies);
     dp.sync_ipcache(&state.ipcache)?;
     let ids = dp.sync_endpoints(&specs)?;
     state.set_endpoint_ids(&ids);
@@ -159,69 +250,68 @@ async fn run(args: Args) -> Result<()> {
         revision: 1,
         ..Default::default()
     };
-    status::write(&args.state_dir, &state, &progress, None)?;
     tracing::info!(node = %args.node, endpoints = ids.len(), policies = state.policies.policies.len(),
         version = dp.version(), "datapath ready");
 
-    let (tx, mut rx) = mpsc::channel::<Vec<RawEvent>>(1024);
+    let (tx, rx) = mpsc::channel::<Vec<RawEvent>>(1024);
     let readers = Readers::start(
         dp.take_events().context("perf event array")?,
         args.perf_ring_pages,
         tx,
     )?;
     let state = Arc::new(RwLock::new(state));
+    let ring = Ring::new(args.ring_capacity).context("--ring-capacity")?;
 
-    // Printer.
-    let printer_state = state.clone();
-    let output = args.output.clone();
-    let mut flow_log = match &args.flow_log {
-        Some(p) => Some(std::io::BufWriter::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .with_context(|| format!("--flow-log {}", p.display()))?,
-        )),
-        None => None,
-    };
-    let lost_total = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let printer_lost = lost_total.clone();
-    let printer = tokio::spawn(async move {
-        use std::io::Write;
-        let boot_offset = periscope_agent::decoder::boot_to_realtime_offset_ns();
-        let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout());
-        while let Some(batch) = rx.recv().await {
-            let st = printer_state.read().await;
-            for raw in batch {
-                let line = match raw {
-                    RawEvent::Sample(ev) => {
-                        let flow = periscope_agent::decoder::decode(&ev, &st, boot_offset);
-                        if let Some(w) = flow_log.as_mut() {
-                            use prost::Message;
-                            let _ = w.write_all(&flow.encode_length_delimited_to_vec());
-                        }
-                        match output.as_str() {
-                            "compact" => periscope_agent::decoder::compact(&flow),
-                            _ => continue,
-                        }
-                    }
-                    RawEvent::Lost { cpu, count } => {
-                        printer_lost.fetch_add(count, std::sync::atomic::Ordering::Relaxed);
-                        format!("LOST: {count} events lost in the perf ring of CPU {cpu}")
-                    }
-                };
-                if writeln!(out, "{line}").is_err() {
-                    return;
-                }
-            }
-            if rx.is_empty() {
-                let _ = out.flush();
-                if let Some(w) = flow_log.as_mut() {
-                    let _ = w.flush();
-                }
-            }
+    // The gRPC API.
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let local = listener.local_addr()?;
+    let advertise = args.advertise.clone().unwrap_or_else(|| local.to_string());
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(
+            "hubble.server.Observer",
+            tonic_health::ServingStatus::Serving,
+        )
+        .await;
+    let observer = ObserverService::new(ring.clone(), state.clone(), advertise.clone());
+    let peer = PeerService::new(state.clone(), advertise.clone());
+    tokio::spawn(async move {
+        let r = tonic::transport::Server::builder()
+            .add_service(health_svc)
+            .add_service(ObserverServer::new(observer))
+            .add_service(PeerServer::new(peer))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "gRPC server stopped");
         }
     });
+    tracing::info!(address = %local, "serving the Observer API");
+    progress.api_address = Some(local.to_string());
+
+    let metrics = periscope_agent::metrics::Metrics::default();
+    metrics_listener.set_nonblocking(true)?;
+    let metrics_local = metrics_listener.local_addr()?;
+    tokio::spawn(
+        metrics
+            .clone()
+            .serve(tokio::net::TcpListener::from_std(metrics_listener)?),
+    );
+    progress.metrics_address = Some(metrics_local.to_string());
+    let outputs = Outputs {
+        metrics,
+        compact: args.output == "compact",
+        flow_log: match &args.flow_log {
+            Some(p) => Some(
+                Outputs::open_flow_log(p).with_context(|| format!("--flow-log {}", p.display()))?,
+            ),
+            None => None,
+        },
+    };
+    status::write(&args.state_dir, &*state.read().await, &progress, None)?;
+    let printer = tokio::spawn(pipeline::run(rx, state.clone(), ring.clone(), outputs));
+    let mut queue_lost_seen = 0u64;
 
     // Reload loop: policies and topology are re-read when their files change.
     let mut inputs: Vec<PathBuf> = vec![args.topology.clone()];
@@ -238,8 +328,17 @@ async fn run(args: Args) -> Result<()> {
             _ = sighup.recv() => true,
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
+            _ = etcd_view.changed() => true,
         };
         if status_at.elapsed() >= Duration::from_secs(1) {
+            let q = readers
+                .stats
+                .lost_queue
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if q > queue_lost_seen {
+                ring.write(pipeline::queue_lost(q - queue_lost_seen));
+                queue_lost_seen = q;
+            }
             let st = state.read().await;
             let stats = status::Counters::collect(&dp, &readers.stats);
             status::write(&args.state_dir, &st, &progress, Some(&stats))?;
@@ -254,50 +353,61 @@ async fn run(args: Args) -> Result<()> {
         if now == seen && !force {
             continue;
         }
+        let files_changed = now != seen;
         seen = now;
-        let loaded = (|| -> Result<(Topology, PolicySet)> {
-            let t = Topology::load(&args.topology)?;
-            let p = match &args.policy {
-                Some(p) => PolicySet::load(p)?,
-                None => PolicySet::default(),
-            };
-            Ok((t, p))
-        })();
-        match loaded {
-            Err(e) => {
-                tracing::error!(error = %e, "rejected new topology/policy; the policies in force stay");
-                progress.rejected += 1;
-                progress.error = Some(format!("{e:#}"));
-                status::write(&args.state_dir, &*state.read().await, &progress, None)?;
+        if files_changed {
+            let loaded = (|| -> Result<(Topology, PolicySet)> {
+                let t = Topology::load(&args.topology)?;
+                let p = match &args.policy {
+                    Some(p) => PolicySet::load(p)?,
+                    None => PolicySet::default(),
+                };
+                Ok((t, p))
+            })();
+            match loaded {
+                Err(e) => {
+                    tracing::error!(error = %e, "rejected new topology/policy; the policies in force stay");
+                    progress.rejected += 1;
+                    progress.error = Some(format!("{e:#}"));
+                    status::write(&args.state_dir, &*state.read().await, &progress, None)?;
+                    continue;
+                }
+                Ok(good) => {
+                    for w in &good.1.warnings {
+                        tracing::warn!(warning = %w, "unsupported policy feature");
+                    }
+                    last_good = good;
+                }
             }
-            Ok((t, p)) => {
-                for w in &p.warnings {
-                    tracing::warn!(warning = %w, "unsupported policy feature");
-                }
-                let (mut new_state, specs) = State::build(&args.node, &t, p, &enforcement);
-                let applied = dp
-                    .sync_ipcache(&new_state.ipcache)
-                    .and_then(|_| dp.sync_endpoints(&specs));
-                match applied {
-                    Ok(ids) => {
-                        new_state.set_endpoint_ids(&ids);
-                        progress.revision += 1;
-                        progress.error = None;
-                        status::write(&args.state_dir, &new_state, &progress, None)?;
-                        tracing::info!(
-                            revision = progress.revision,
-                            endpoints = ids.len(),
-                            "applied new policy/topology"
-                        );
-                        *state.write().await = new_state;
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "applying the new state failed");
-                        progress.rejected += 1;
-                        progress.error = Some(e.to_string());
-                        status::write(&args.state_dir, &*state.read().await, &progress, None)?;
-                    }
-                }
+        }
+        let (mut new_state, specs) = State::build(
+            &args.node,
+            &last_good.0,
+            &remote(),
+            last_good.1.clone(),
+            &build,
+        );
+        let applied = dp
+            .sync_ipcache(&new_state.ipcache)
+            .and_then(|_| dp.sync_endpoints(&specs));
+        match applied {
+            Ok(ids) => {
+                new_state.set_endpoint_ids(&ids);
+                progress.revision += 1;
+                progress.error = None;
+                status::write(&args.state_dir, &new_state, &progress, None)?;
+                tracing::info!(
+                    revision = progress.revision,
+                    endpoints = ids.len(),
+                    "applied new state"
+                );
+                *state.write().await = new_state;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "applying the new state failed");
+                progress.rejected += 1;
+                progress.error = Some(e.to_string());
+                status::write(&args.state_dir, &*state.read().await, &progress, None)?;
             }
         }
     }

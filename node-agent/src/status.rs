@@ -21,6 +21,10 @@ pub struct Progress {
     pub rejected: u64,
     /// Error of the last rejected input, cleared when a change is applied.
     pub error: Option<String>,
+    /// Address the gRPC API listens on.
+    pub api_address: Option<String>,
+    /// Address of the metrics endpoint.
+    pub metrics_address: Option<String>,
 }
 
 /// Datapath and reader counters for the status file.
@@ -114,6 +118,8 @@ pub fn write(
         "cluster": state.cluster,
         "revision": progress.revision,
         "rejected": progress.rejected,
+        "api_address": progress.api_address,
+        "metrics_address": progress.metrics_address,
         "error": progress.error,
         "endpoints": endpoints,
         "policies": state.policies.policies.iter().map(|p| json!({

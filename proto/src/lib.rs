@@ -8,6 +8,9 @@
 //! - Feature `server`: `observer::observer_server` and `peer::peer_server`.
 //! - Feature `client`: `observer::observer_client` and `peer::peer_client`
 //!   (including `connect(addr)`).
+//! - Feature `json`: serde `Serialize`/`Deserialize` for every message and enum,
+//!   following the protobuf JSON mapping the way the `hubble` CLI prints it
+//!   (proto field names, enums by name, RFC 3339 timestamps); see [`json`].
 //! - Without features the crate does not depend on tonic at all.
 //!
 //! Fields marked `[deprecated = true]` in the schema (e.g. `Flow.Summary`) are
@@ -18,24 +21,35 @@
 /// Package `flow`: `Flow`, its sub-messages, `FlowFilter`, events and enums.
 pub mod flow {
     include!(concat!(env!("OUT_DIR"), "/flow.rs"));
+    #[cfg(feature = "json")]
+    include!(concat!(env!("OUT_DIR"), "/flow.serde.rs"));
 }
 
 /// Package `relay`: node status notices sent by the relay inside `GetFlows`.
 pub mod relay {
     include!(concat!(env!("OUT_DIR"), "/relay.rs"));
+    #[cfg(feature = "json")]
+    include!(concat!(env!("OUT_DIR"), "/relay.serde.rs"));
 }
 
 /// Package `peer`: the `peer.Peer` service (peer discovery for relays).
 pub mod peer {
     include!(concat!(env!("OUT_DIR"), "/peer.rs"));
+    #[cfg(feature = "json")]
+    include!(concat!(env!("OUT_DIR"), "/peer.serde.rs"));
 }
 
 /// Package `observer`: the `observer.Observer` service and its messages.
 pub mod observer {
     include!(concat!(env!("OUT_DIR"), "/observer.rs"));
+    #[cfg(feature = "json")]
+    include!(concat!(env!("OUT_DIR"), "/observer.serde.rs"));
 }
 
 pub mod util;
+
+#[cfg(feature = "json")]
+pub mod json;
 
 /// Encoded `google.protobuf.FileDescriptorSet` of every file above, including the
 /// imported `google/protobuf/*.proto` files (for gRPC server reflection).

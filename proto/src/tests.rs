@@ -543,3 +543,188 @@ fn client_stubs_exist() {
     ) {
     }
 }
+
+#[cfg(feature = "json")]
+mod json {
+    use super::*;
+    use serde_json::{Value, json};
+
+    #[test]
+    fn flow_json_round_trip() {
+        let flow = sample_flow();
+        let text = serde_json::to_string(&flow).expect("serializes");
+        let back: Flow = serde_json::from_str(&text).expect("deserializes");
+        assert_eq!(back, flow);
+
+        let response = GetFlowsResponse {
+            response_types: Some(get_flows_response::ResponseTypes::Flow(flow.clone())),
+            node_name: flow.node_name.clone(),
+            time: flow.time,
+        };
+        let text = serde_json::to_string(&response).expect("serializes");
+        let back: GetFlowsResponse = serde_json::from_str(&text).expect("deserializes");
+        assert_eq!(back, response);
+    }
+
+    #[test]
+    fn flow_json_names_like_hubble() {
+        let value = serde_json::to_value(sample_flow()).expect("serializes");
+        // Proto field names, not lowerCamelCase.
+        assert_eq!(value["time"], "2023-11-14T22:13:20.123456789Z");
+        assert_eq!(value["verdict"], "FORWARDED");
+        assert_eq!(value["IP"]["source"], "10.0.0.1");
+        assert_eq!(value["IP"]["ipVersion"], "IPv4");
+        assert_eq!(value["l4"]["TCP"]["destination_port"], 80);
+        assert_eq!(
+            value["l4"]["TCP"]["flags"],
+            json!({"SYN": true, "ACK": true})
+        );
+        assert_eq!(value["source"]["ID"], 42);
+        assert_eq!(value["source"]["pod_name"], "client-0");
+        assert_eq!(value["source"]["workloads"][0]["kind"], "StatefulSet");
+        assert_eq!(value["Type"], "L3_L4");
+        assert_eq!(value["node_name"], "kind/node-1");
+        assert_eq!(value["event_type"], json!({"type": 4}));
+        assert_eq!(value["traffic_direction"], "EGRESS");
+        assert_eq!(value["trace_observation_point"], "TO_ENDPOINT");
+        // BoolValue is a plain bool, and false is still written (it is present).
+        assert_eq!(value["is_reply"], false);
+        assert_eq!(value["Summary"], "TCP Flags: SYN, ACK");
+        // Defaults are left out (proto3 JSON without EmitUnpopulated).
+        let object = value.as_object().expect("object");
+        for absent in ["reply", "drop_reason", "destination_names", "l7", "isReply"] {
+            assert!(!object.contains_key(absent), "{absent} present: {value}");
+        }
+
+        // Unset wrapper: no key at all.
+        let value = serde_json::to_value(Flow::default()).expect("serializes");
+        assert_eq!(value, json!({}));
+    }
+
+    #[test]
+    fn observer_json_shapes() {
+        let status = observer::ServerStatusResponse {
+            num_flows: 3,
+            max_flows: 4096,
+            num_connected_nodes: Some(0),
+            ..Default::default()
+        };
+        // 64-bit integers are strings; a present-but-zero wrapper is written.
+        assert_eq!(
+            serde_json::to_value(&status).expect("serializes"),
+            json!({"num_flows": "3", "max_flows": "4096", "num_connected_nodes": 0})
+        );
+
+        let request = GetFlowsRequest {
+            number: 20,
+            since: Some(Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 0,
+            }),
+            whitelist: vec![FlowFilter {
+                verdict: vec![Verdict::Dropped as i32],
+                source_pod: vec!["kube-system/".into()],
+                ..Default::default()
+            }],
+            experimental: Some(Experimental {
+                field_mask: Some(FieldMask {
+                    paths: vec!["source.pod_name".into(), "IP".into()],
+                }),
+            }),
+            ..Default::default()
+        };
+        let value = serde_json::to_value(&request).expect("serializes");
+        assert_eq!(
+            value,
+            json!({
+                "number": "20",
+                "whitelist": [{"source_pod": ["kube-system/"], "verdict": ["DROPPED"]}],
+                "since": "2023-11-14T22:13:20Z",
+                "experimental": {"field_mask": "source.podName,IP"},
+            })
+        );
+        let back: GetFlowsRequest = serde_json::from_value(value).expect("deserializes");
+        assert_eq!(back, request);
+    }
+
+    #[test]
+    fn json_input_accepts_both_spellings_and_numbers() {
+        let proto_names: FlowFilter = serde_json::from_str(
+            r#"{"reply":[true],"dns_query":["kube.*"],"source_pod":["a/"],"verdict":["DROPPED",1]}"#,
+        )
+        .expect("proto names");
+        let camel: FlowFilter = serde_json::from_str(
+            r#"{"reply":[true],"dnsQuery":["kube.*"],"sourcePod":["a/"],"verdict":["DROPPED","FORWARDED"]}"#,
+        )
+        .expect("lowerCamelCase names");
+        assert_eq!(proto_names, camel);
+        assert_eq!(camel.reply, [true]);
+        assert_eq!(camel.dns_query, ["kube.*"]);
+        assert_eq!(
+            camel.verdict,
+            [Verdict::Dropped as i32, Verdict::Forwarded as i32]
+        );
+
+        let flow: Flow = serde_json::from_str(
+            r#"{"isReply":true,"nodeName":"n","time":"2023-11-14T23:13:20+01:00","eventType":{"type":4,"subType":3}}"#,
+        )
+        .expect("camel-case flow");
+        assert_eq!(flow.is_reply, Some(true));
+        assert_eq!(flow.node_name, "n");
+        assert_eq!(flow.time.map(|t| t.seconds), Some(1_700_000_000));
+        assert_eq!(
+            flow.event_type,
+            Some(CiliumEventType {
+                r#type: 4,
+                sub_type: 3
+            })
+        );
+
+        // Unknown fields and bad timestamps are errors, like protojson.
+        assert!(serde_json::from_str::<FlowFilter>(r#"{"no_such_field":1}"#).is_err());
+        assert!(serde_json::from_str::<Flow>(r#"{"time":"yesterday"}"#).is_err());
+    }
+
+    #[test]
+    fn unnamed_enum_values_are_numbers() {
+        let flow = Flow {
+            verdict: 42,
+            traffic_direction: TrafficDirection::Ingress as i32,
+            ..Default::default()
+        };
+        let value: Value = serde_json::to_value(&flow).expect("serializes");
+        assert_eq!(value, json!({"verdict": 42, "traffic_direction": "INGRESS"}));
+
+        let filter = FlowFilter {
+            ip_version: vec![IpVersion::IPv6 as i32, 7],
+            ..Default::default()
+        };
+        let value: Value = serde_json::to_value(&filter).expect("serializes");
+        assert_eq!(value, json!({"ip_version": ["IPv6", 7]}));
+    }
+
+    #[test]
+    fn relay_and_peer_json() {
+        let event = relay::NodeStatusEvent {
+            state_change: relay::NodeState::NodeUnavailable as i32,
+            node_names: vec!["a".into()],
+            message: String::new(),
+        };
+        assert_eq!(
+            serde_json::to_value(&event).expect("serializes"),
+            json!({"state_change": "NODE_UNAVAILABLE", "node_names": ["a"]})
+        );
+        let change = peer::ChangeNotification {
+            name: "n".into(),
+            r#type: peer::ChangeNotificationType::PeerAdded as i32,
+            tls: Some(peer::Tls {
+                server_name: "x".into(),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_value(&change).expect("serializes"),
+            json!({"name": "n", "type": "PEER_ADDED", "tls": {"server_name": "x"}})
+        );
+    }
+}

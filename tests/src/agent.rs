@@ -84,6 +84,10 @@ impl Agent {
             bpffs_root.display().to_string(),
             "--state-dir".into(),
             dir.join("state").display().to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--metrics-listen".into(),
+            "127.0.0.1:0".into(),
         ];
         let mut a = Agent {
             child: None,
@@ -203,6 +207,22 @@ impl Agent {
     pub fn status(&self) -> serde_json::Value {
         let text = fs::read_to_string(self.dir.join("state/status.json")).expect("status.json");
         serde_json::from_str(&text).expect("status.json is JSON")
+    }
+
+    /// Address of the agent's gRPC API (`127.0.0.1:<port>`).
+    pub fn api_address(&self) -> String {
+        self.status()["api_address"]
+            .as_str()
+            .expect("api_address in status")
+            .to_string()
+    }
+
+    /// Address of the agent's metrics endpoint.
+    pub fn metrics_address(&self) -> String {
+        self.status()["metrics_address"]
+            .as_str()
+            .expect("metrics_address in status")
+            .to_string()
     }
 
     /// The identity of a pod (`ns/name`), from the status file.

@@ -30,6 +30,7 @@
 pub mod agent;
 mod ip;
 pub mod netns;
+pub mod servers;
 mod sys;
 pub mod traffic;
 

@@ -8,6 +8,7 @@
 //! cluster: default            # optional; cluster name (default "default")
 //! nodes:                      # at least one
 //!   - name: node-1
+//!     address: 10.0.0.1:4244   # optional; where the node's agent serves gRPC
 //! pods:
 //!   - name: frontend-1        # unique per namespace; DNS-label syntax
 //!     namespace: shop         # required for endpoints
@@ -18,6 +19,7 @@
 //!                             #   no policy, identity "world" (or a CIDR identity)
 //!     interface: lxc0a1b2c3d  # optional; host-side interface name (default: see host_ifname)
 //!     workload: {kind: Deployment, name: frontend}  # optional
+//!     identity: 300           # optional; fixed security identity (default: from the labels)
 //! ```
 //!
 //! Every error names the file and the offending field or pod.
@@ -51,6 +53,10 @@ fn default_cluster() -> String {
 pub struct Node {
     /// Node name.
     pub name: String,
+    /// Where this node's agent serves its gRPC API (`host:port`), announced to relays by every
+    /// agent's Peer service. Optional.
+    #[serde(default)]
+    pub address: Option<String>,
 }
 
 /// The owning workload of a pod.
@@ -88,6 +94,9 @@ pub struct Pod {
     /// Owning workload.
     #[serde(default)]
     pub workload: Option<Workload>,
+    /// A fixed security identity (as assigned by a kvstore); default: derived from the labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<u32>,
 }
 
 impl Pod {

@@ -1,0 +1,122 @@
+//! The event pipeline: perf readers → decoder (raw event → `flow.Flow`, enriched from the
+//! agent's state) → ring buffer → subscribers (gRPC streams), plus the optional stdout printer and
+//! flow log. Nothing here blocks the perf readers: they hand over batches with `try_send`.
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use periscope_proto::flow::{LostEvent, LostEventSource};
+use prost::Message;
+use tokio::sync::{RwLock, mpsc};
+
+use crate::agent::State;
+use crate::decoder;
+use crate::metrics::Metrics;
+use crate::monitor::RawEvent;
+use crate::ring::{Event, Ring};
+
+/// How decoded flows are also written out.
+pub struct Outputs {
+    /// Print compact lines on stdout.
+    pub compact: bool,
+    /// Append length-delimited protobuf flows to this file.
+    pub flow_log: Option<std::io::BufWriter<std::fs::File>>,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+}
+
+impl Outputs {
+    /// Opens the flow log file (append).
+    pub fn open_flow_log(path: &Path) -> std::io::Result<std::io::BufWriter<std::fs::File>> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(std::io::BufWriter::new(f))
+    }
+}
+
+/// The lost-event notice for samples the perf ring of `cpu` overwrote.
+pub fn perf_lost(cpu: u32, count: u64) -> Event {
+    Event::Lost(LostEvent {
+        source: LostEventSource::PerfEventRingBuffer as i32,
+        num_events_lost: count,
+        cpu: Some(cpu as i32),
+    })
+}
+
+/// The lost-event notice for samples the decoder queue had no room for.
+pub fn queue_lost(count: u64) -> Event {
+    Event::Lost(LostEvent {
+        source: LostEventSource::ObserverEventsQueue as i32,
+        num_events_lost: count,
+        cpu: None,
+    })
+}
+
+/// Runs the decoder until the readers' channel closes.
+pub async fn run(
+    mut rx: mpsc::Receiver<Vec<RawEvent>>,
+    state: Arc<RwLock<State>>,
+    ring: Arc<Ring>,
+    mut outputs: Outputs,
+) {
+    let boot_offset = decoder::boot_to_realtime_offset_ns();
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout());
+    let mut events = Vec::with_capacity(256);
+    while let Some(first) = rx.recv().await {
+        // Take whatever else is queued, and order it by time: the per-CPU rings are read
+        // independently, so their events interleave out of order within a reader interval.
+        let mut raws = first;
+        while let Ok(more) = rx.try_recv() {
+            raws.extend(more);
+            if raws.len() >= 4096 {
+                break;
+            }
+        }
+        raws.sort_by_key(|r| match r {
+            RawEvent::Sample(ev) => ev.ts_ns,
+            RawEvent::Lost { .. } => 0,
+        });
+        {
+            let st = state.read().await;
+            for raw in raws {
+                events.push(match raw {
+                    RawEvent::Sample(ev) => Event::Flow(decoder::decode(&ev, &st, boot_offset)),
+                    RawEvent::Lost { cpu, count } => perf_lost(cpu, count),
+                });
+            }
+        }
+        for e in &events {
+            match e {
+                Event::Flow(f) => {
+                    outputs.metrics.observe(f);
+                    if let Some(w) = outputs.flow_log.as_mut() {
+                        let _ = w.write_all(&f.encode_length_delimited_to_vec());
+                    }
+                    if outputs.compact {
+                        let _ = writeln!(out, "{}", decoder::compact(f));
+                    }
+                }
+                Event::Lost(l) => {
+                    outputs.metrics.lost(l.source, l.num_events_lost);
+                    if outputs.compact {
+                        let _ = writeln!(
+                            out,
+                            "LOST: {} events lost in the perf ring of CPU {}",
+                            l.num_events_lost,
+                            l.cpu.unwrap_or(-1)
+                        );
+                    }
+                }
+            }
+        }
+        ring.write_batch(events.drain(..));
+        if rx.is_empty() {
+            let _ = out.flush();
+            if let Some(w) = outputs.flow_log.as_mut() {
+                let _ = w.flush();
+            }
+        }
+    }
+}

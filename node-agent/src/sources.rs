@@ -1,0 +1,152 @@
+//! Metadata sources besides the topology file: each keeps its own view of endpoints (and, for
+//! Kubernetes, policies) and signals changes; the agent merges them with the topology file into
+//! one state and applies it (map updates are diffs, so a change costs what it changes).
+//!
+//! A source that loses its backend (etcd down, API server gone) keeps its last view: the agent
+//! goes on enforcing what it knew, and the source reconnects with backoff and jitter.
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use periscope_topology::Pod;
+use tokio::sync::Notify;
+
+use crate::policy::PolicyDoc;
+
+/// What one source currently knows.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SourceView {
+    /// Endpoints by a source-specific key (e.g. the etcd key), with their identity when the
+    /// source assigns one.
+    pub pods: BTreeMap<String, Pod>,
+    /// Policy documents (Kubernetes source).
+    pub policies: BTreeMap<String, PolicyDoc>,
+    /// Whether the backend is reachable right now.
+    pub connected: bool,
+    /// Last error talking to the backend.
+    pub last_error: Option<String>,
+}
+
+/// A shared, change-signalling view that a source task writes and the agent reads.
+#[derive(Clone, Default)]
+pub struct SharedView {
+    view: Arc<Mutex<SourceView>>,
+    changed: Arc<Notify>,
+}
+
+impl SharedView {
+    /// A copy of the current view.
+    pub fn snapshot(&self) -> SourceView {
+        self.view.lock().expect("view lock").clone()
+    }
+
+    /// Changes the view and tells the agent if anything that matters changed.
+    pub fn update(&self, f: impl FnOnce(&mut SourceView)) {
+        let mut v = self.view.lock().expect("view lock");
+        let before = (v.pods.clone(), v.policies.clone());
+        f(&mut v);
+        let changed = before.0 != v.pods || before.1 != v.policies;
+        drop(v);
+        if changed {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Waits for the next change.
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+}
+
+/// Exponential backoff with full jitter (no retry storms: seed 003 §2.3.2).
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    attempt: u32,
+    seed: u64,
+}
+
+impl Backoff {
+    /// Backoff from `base` up to `max`.
+    pub fn new(base: Duration, max: Duration) -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+            ^ ((std::process::id() as u64) << 20);
+        Backoff {
+            base,
+            max,
+            attempt: 0,
+            seed: seed | 1,
+        }
+    }
+
+    /// The next delay: uniformly random in [0, min(max, base·2^attempt)].
+    pub fn next_delay(&mut self) -> Duration {
+        let cap = self
+            .base
+            .saturating_mul(1u32.checked_shl(self.attempt.min(20)).unwrap_or(u32::MAX))
+            .min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        // xorshift64*
+        self.seed ^= self.seed >> 12;
+        self.seed ^= self.seed << 25;
+        self.seed ^= self.seed >> 27;
+        let r = self.seed.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        let frac = (r >> 11) as f64 / (1u64 << 53) as f64;
+        cap.mul_f64(frac)
+    }
+
+    /// Back to the base delay after a success.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_the_cap_with_jitter() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let delays: Vec<Duration> = (0..12).map(|_| b.next_delay()).collect();
+        for (i, d) in delays.iter().enumerate() {
+            let cap = Duration::from_millis(100 * (1 << i.min(10))).min(Duration::from_secs(5));
+            assert!(*d <= cap, "{i}: {d:?} > {cap:?}");
+        }
+        let distinct: std::collections::BTreeSet<_> = delays.iter().collect();
+        assert!(distinct.len() > 6, "jittered: {delays:?}");
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[tokio::test]
+    async fn updates_signal_only_real_changes() {
+        let v = SharedView::default();
+        v.update(|s| s.connected = true); // not a content change
+        let waited = tokio::time::timeout(Duration::from_millis(50), v.changed()).await;
+        assert!(waited.is_err(), "connectivity alone is not a change");
+        v.update(|s| {
+            s.pods.insert(
+                "k".into(),
+                Pod {
+                    name: "p".into(),
+                    namespace: "n".into(),
+                    node: "x".into(),
+                    labels: Default::default(),
+                    ips: vec!["10.0.0.1".parse().unwrap()],
+                    external: false,
+                    interface: None,
+                    workload: None,
+                    identity: Some(300),
+                },
+            );
+        });
+        tokio::time::timeout(Duration::from_millis(50), v.changed())
+            .await
+            .expect("changed");
+    }
+}
