@@ -187,9 +187,11 @@ mod json {
             if !type_name.starts_with(".google.protobuf.") || PLAIN.contains(&type_name) {
                 continue;
             }
-            let Some((_, rust_type)) = ADAPTED.iter().find(|(proto, _)| *proto == type_name)
-            else {
-                bail!("{full_name}.{}: no JSON adapter for {type_name}", field.name());
+            let Some((_, rust_type)) = ADAPTED.iter().find(|(proto, _)| *proto == type_name) else {
+                bail!(
+                    "{full_name}.{}: no JSON adapter for {type_name}",
+                    field.name()
+                );
             };
             ensure!(
                 field.label() != Label::Repeated && field.oneof_index.is_none(),
@@ -232,7 +234,9 @@ mod json {
                 let (from, to) = if block.starts_with("impl serde::Serialize") {
                     (
                         format!("struct_ser.serialize_field(\"{name}\", v)?;"),
-                        format!("struct_ser.serialize_field(\"{name}\", &crate::json::WktRef(v))?;"),
+                        format!(
+                            "struct_ser.serialize_field(\"{name}\", &crate::json::WktRef(v))?;"
+                        ),
                     )
                 } else {
                     (
@@ -256,10 +260,7 @@ mod json {
 
     /// Splits generated code at each top-level `impl`.
     fn impl_blocks(code: &str) -> Vec<&str> {
-        let mut starts: Vec<usize> = code
-            .match_indices("\nimpl")
-            .map(|(i, _)| i + 1)
-            .collect();
+        let mut starts: Vec<usize> = code.match_indices("\nimpl").map(|(i, _)| i + 1).collect();
         starts.insert(0, 0);
         starts.dedup();
         starts.push(code.len());

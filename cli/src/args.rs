@@ -1,4 +1,8 @@
 //! Command-line interface: the same commands and flags as the `hubble` CLI.
+//!
+//! The doc comments of the clap structs are the `--help` text, written for the
+//! terminal (`[namespace/]<pod-name>`, `TYPE[:SUBTYPE]`), not for rustdoc.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
 
 use std::ffi::OsString;
 use std::time::Duration;
@@ -69,7 +73,11 @@ impl GlobalArgs {
         self.server
             .clone()
             .filter(|s| !s.is_empty())
-            .or_else(|| std::env::var("HUBBLE_SERVER").ok().filter(|s| !s.is_empty()))
+            .or_else(|| {
+                std::env::var("HUBBLE_SERVER")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+            })
             .unwrap_or_else(|| DEFAULT_SERVER.to_owned())
     }
 }
@@ -82,7 +90,7 @@ pub enum Command {
     /// Without selector flags the last 20 flows are printed. Filter flags build
     /// the request's whitelist; `--not` before a filter flag puts it into the
     /// blacklist instead.
-    Observe(ObserveCommand),
+    Observe(Box<ObserveCommand>),
     /// Display the status of the server: health check, flow buffer usage,
     /// flows per second and connected nodes.
     Status,
@@ -165,8 +173,8 @@ pub enum Color {
 #[derive(Debug, Clone, Args)]
 pub struct ObserveArgs {
     // ---- Selectors -------------------------------------------------------
-    /// Get the last N flows (newest first in the buffer; printed oldest to
-    /// newest).
+    /// Get the last N flows stored in the buffer (default 20 when no other
+    /// selector is given).
     #[arg(long, value_name = "N", help_heading = "Selectors")]
     pub last: Option<u64>,
 
@@ -328,7 +336,12 @@ pub struct ObserveArgs {
     /// numbers, and for trace to-endpoint, to-proxy, to-host, to-stack,
     /// to-overlay, from-endpoint, from-proxy, from-host, from-stack,
     /// from-overlay, from-network, to-network.
-    #[arg(short = 't', long = "type", value_name = "TYPE[:SUBTYPE]", help_heading = "Filters")]
+    #[arg(
+        short = 't',
+        long = "type",
+        value_name = "TYPE[:SUBTYPE]",
+        help_heading = "Filters"
+    )]
     pub event_type: Vec<String>,
 
     /// Show only HTTP flows with this status code or prefix (e.g. "404", "5+").
@@ -400,7 +413,12 @@ pub struct ObserveArgs {
 
     /// Time layout: StampMilli (default), RFC3339, RFC3339Milli, RFC3339Micro,
     /// RFC3339Nano, RFC1123Z, or any Go layout. Times are printed in UTC.
-    #[arg(long, default_value = "StampMilli", value_name = "FORMAT", help_heading = "Formatting")]
+    #[arg(
+        long,
+        default_value = "StampMilli",
+        value_name = "FORMAT",
+        help_heading = "Formatting"
+    )]
     pub time_format: String,
 
     /// Print the node name of each flow.
@@ -422,7 +440,12 @@ pub struct ObserveArgs {
 
     /// Ask the server to fill only these Flow fields (comma-separated proto
     /// field paths, e.g. time,IP,l4.TCP.destination_port); json output only.
-    #[arg(long, value_delimiter = ',', value_name = "PATHS", help_heading = "Experimental")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "PATHS",
+        help_heading = "Experimental"
+    )]
     pub experimental_field_mask: Vec<String>,
 
     /// Ask the server to fill only the Flow fields the compact, dict and table
@@ -501,10 +524,9 @@ fn ordered_filters(matches: &ArgMatches) -> Vec<(String, String)> {
     let mut found: Vec<(usize, String, String)> = Vec::new();
     for flag in FILTER_FLAGS {
         let id = filter_arg_id(flag);
-        let (Some(indices), Some(values)) = (
-            matches.indices_of(&id),
-            matches.get_many::<String>(&id),
-        ) else {
+        let (Some(indices), Some(values)) =
+            (matches.indices_of(&id), matches.get_many::<String>(&id))
+        else {
             continue;
         };
         for (index, value) in indices.zip(values) {
@@ -513,7 +535,10 @@ fn ordered_filters(matches: &ArgMatches) -> Vec<(String, String)> {
         }
     }
     found.sort_by_key(|(index, _, _)| *index);
-    found.into_iter().map(|(_, flag, value)| (flag, value)).collect()
+    found
+        .into_iter()
+        .map(|(_, flag, value)| (flag, value))
+        .collect()
 }
 
 /// Parses a command line (the first item is the program name).
@@ -563,8 +588,18 @@ mod tests {
     #[test]
     fn order_is_kept_across_flags() {
         let cli = parse_cli([
-            "periscope", "observe", "--not", "--ip", "a", "-4", "--not", "-t", "drop", "-44",
-            "--ip", "b",
+            "periscope",
+            "observe",
+            "--not",
+            "--ip",
+            "a",
+            "-4",
+            "--not",
+            "-t",
+            "drop",
+            "-44",
+            "--ip",
+            "b",
         ])
         .expect("parses");
         let Command::Observe(observe) = cli.command else {

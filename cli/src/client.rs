@@ -11,9 +11,9 @@ use periscope_proto::observer::{
 };
 use periscope_proto::relay::NodeState;
 use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 use crate::args::{GlobalArgs, ListArgs, ListOutput, ObserveArgs};
 use crate::printer::{Printer, tabulate};
@@ -156,7 +156,10 @@ pub async fn observe(
 /// each filter as one protobuf-JSON string.
 pub fn raw_filters_yaml(request: &GetFlowsRequest) -> Result<String, CliError> {
     let mut text = String::new();
-    for (key, filters) in [("allowlist", &request.whitelist), ("denylist", &request.blacklist)] {
+    for (key, filters) in [
+        ("allowlist", &request.whitelist),
+        ("denylist", &request.blacklist),
+    ] {
         if filters.is_empty() {
             continue;
         }
@@ -186,17 +189,22 @@ pub async fn status(global: &GlobalArgs, out: &mut dyn Write) -> Result<(), CliE
         .await
         .map_err(|s| RpcError::new("failed getting status: ", s))?;
     if response.status != ServingStatus::Serving as i32 {
-        let state = ServingStatus::try_from(response.status)
-            .map_or_else(|_| response.status.to_string(), |s| s.as_str_name().to_owned());
+        let state = ServingStatus::try_from(response.status).map_or_else(
+            |_| response.status.to_string(),
+            |s| s.as_str_name().to_owned(),
+        );
         writeln!(out, "Healthcheck (via {target}): Unavailable: {state}")?;
         return Err(CliError::NotHealthy);
     }
     writeln!(out, "Healthcheck (via {target}): Ok")?;
 
     let mut client = ObserverClient::new(channel);
-    let status = unary(global.request_timeout, client.server_status(ServerStatusRequest {}))
-        .await
-        .map_err(|s| RpcError::new("failed to get hubble server status: ", s))?;
+    let status = unary(
+        global.request_timeout,
+        client.server_status(ServerStatusRequest {}),
+    )
+    .await
+    .map_err(|s| RpcError::new("failed to get hubble server status: ", s))?;
     let ratio = if status.max_flows > 0 {
         format!(
             " ({:.2}%)",
@@ -232,7 +240,10 @@ pub async fn status(global: &GlobalArgs, out: &mut dyn Write) -> Result<(), CliE
         } else {
             names.sort();
             if unavailable as usize > names.len() {
-                names.push(format!("and {} more...", unavailable as usize - names.len()));
+                names.push(format!(
+                    "and {} more...",
+                    unavailable as usize - names.len()
+                ));
             }
             writeln!(
                 out,
@@ -249,7 +260,7 @@ fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -361,10 +372,7 @@ pub async fn list_namespaces(
     Ok(())
 }
 
-fn write_json_array<T: serde::Serialize>(
-    items: &[T],
-    out: &mut dyn Write,
-) -> Result<(), CliError> {
+fn write_json_array<T: serde::Serialize>(items: &[T], out: &mut dyn Write) -> Result<(), CliError> {
     let text = serde_json::to_string_pretty(items)
         .map_err(|e| CliError::Invalid(format!("encoding JSON: {e}")))?;
     writeln!(out, "{text}")?;

@@ -250,9 +250,7 @@ impl FilterBuilder {
     /// The whitelist and blacklist; fails on a trailing `--not`.
     pub fn finish(self) -> Result<(Vec<FlowFilter>, Vec<FlowFilter>), FilterError> {
         if self.negate_next {
-            return Err(FilterError(
-                "trailing --not found in the arguments".into(),
-            ));
+            return Err(FilterError("trailing --not found in the arguments".into()));
         }
         Ok((self.whitelist.filters(), self.blacklist.filters()))
     }
@@ -265,10 +263,7 @@ fn apply(t: &mut Tracker, flag: &str, value: &str) -> Result<(), FilterError> {
         "ip" => t.split(|f| f.source_ip.push(v()), |f| f.destination_ip.push(v())),
         "from-ip" => t.both(|f| f.source_ip.push(v())),
         "to-ip" => t.both(|f| f.destination_ip.push(v())),
-        "pod" => t.split(
-            |f| f.source_pod.push(v()),
-            |f| f.destination_pod.push(v()),
-        ),
+        "pod" => t.split(|f| f.source_pod.push(v()), |f| f.destination_pod.push(v())),
         "from-pod" => t.both(|f| f.source_pod.push(v())),
         "to-pod" => t.both(|f| f.destination_pod.push(v())),
         "namespace" => {
@@ -499,7 +494,8 @@ mod tests {
                 "identity" | "from-identity" | "to-identity" => "world",
                 _ => "x",
             };
-            b.set(flag, value).unwrap_or_else(|e| panic!("--{flag}: {e}"));
+            b.set(flag, value)
+                .unwrap_or_else(|e| panic!("--{flag}: {e}"));
         }
         let mut b = FilterBuilder::default();
         assert_eq!(
@@ -519,7 +515,13 @@ mod tests {
                 sub_type: 0
             }
         );
-        assert_eq!(t("drop"), EventTypeFilter { r#type: 1, ..Default::default() });
+        assert_eq!(
+            t("drop"),
+            EventTypeFilter {
+                r#type: 1,
+                ..Default::default()
+            }
+        );
         assert_eq!(t("l7").r#type, 129);
         assert_eq!(t("policy-verdict").r#type, 5);
         assert_eq!(t("trace-sock").r#type, 7);

@@ -81,7 +81,9 @@ pub fn host_names(flow: &Flow, ip_translation: bool) -> (String, String) {
         });
     };
     let (src_port, dst_port) = ports(flow);
-    let side = |ip: &str, port: &str, endpoint: Option<&periscope_proto::flow::Endpoint>,
+    let side = |ip: &str,
+                port: &str,
+                endpoint: Option<&periscope_proto::flow::Endpoint>,
                 service: Option<&periscope_proto::flow::Service>,
                 names: &[String]| {
         let mut namespace = endpoint.map_or("", |e| e.namespace.as_str());
@@ -183,8 +185,10 @@ pub fn summary(flow: &Flow) -> String {
     if flow.auth_type == AuthType::Disabled as i32 {
         return flow.summary.clone();
     }
-    let auth = AuthType::try_from(flow.auth_type)
-        .map_or_else(|_| flow.auth_type.to_string(), |a| a.as_str_name().to_owned());
+    let auth = AuthType::try_from(flow.auth_type).map_or_else(
+        |_| flow.auth_type.to_string(),
+        |a| a.as_str_name().to_owned(),
+    );
     format!("{}; Auth: {auth}", flow.summary)
 }
 
@@ -210,10 +214,12 @@ pub fn summary(flow: &Flow) -> String {
 /// ```
 pub fn compact_flow(flow: &Flow, opts: &PrintOptions) -> String {
     let (mut src, mut dst) = host_names(flow, opts.ip_translation);
-    let identity = |e: Option<&periscope_proto::flow::Endpoint>| {
-        identity_label(e.map_or(0, |e| e.identity))
-    };
-    let (mut src_id, mut dst_id) = (identity(flow.source.as_ref()), identity(flow.destination.as_ref()));
+    let identity =
+        |e: Option<&periscope_proto::flow::Endpoint>| identity_label(e.map_or(0, |e| e.identity));
+    let (mut src_id, mut dst_id) = (
+        identity(flow.source.as_ref()),
+        identity(flow.destination.as_ref()),
+    );
     let arrow = match flow.is_reply {
         None => "<>",
         Some(false) => "->",
@@ -256,15 +262,21 @@ pub fn dict_flow(flow: &Flow, opts: &PrintOptions) -> String {
     text
 }
 
-/// The table cells of a flow: TIMESTAMP, [NODE], SOURCE, DESTINATION, TYPE,
-/// VERDICT, SUMMARY.
+/// The table cells of a flow: `TIMESTAMP, [NODE], SOURCE, DESTINATION, TYPE,
+/// VERDICT, SUMMARY`.
 pub fn table_row(flow: &Flow, opts: &PrintOptions) -> Vec<String> {
     let (src, dst) = host_names(flow, opts.ip_translation);
     let mut row = vec![format_timestamp(flow.time.as_ref(), &opts.time_layout)];
     if opts.node_name {
         row.push(flow.node_name.clone());
     }
-    row.extend([src, dst, flow_type_label(flow), verdict_label(flow), summary(flow)]);
+    row.extend([
+        src,
+        dst,
+        flow_type_label(flow),
+        verdict_label(flow),
+        summary(flow),
+    ]);
     row
 }
 
@@ -411,8 +423,7 @@ impl Printer {
                         header.push("NODE".to_owned());
                     }
                     header.extend(
-                        ["SOURCE", "DESTINATION", "TYPE", "VERDICT", "SUMMARY"]
-                            .map(str::to_owned),
+                        ["SOURCE", "DESTINATION", "TYPE", "VERDICT", "SUMMARY"].map(str::to_owned),
                     );
                     self.rows.push(header);
                 }

@@ -210,7 +210,14 @@ fn parse_rfc1123z(text: &str) -> Option<Timestamp> {
     let second = digits(b, 23, 2)?;
     let zh = digits(b, 27, 2)?;
     let zm = digits(b, 29, 2)?;
-    let separators = [(7, b' '), (11, b' '), (16, b' '), (19, b':'), (22, b':'), (25, b' ')];
+    let separators = [
+        (7, b' '),
+        (11, b' '),
+        (16, b' '),
+        (19, b':'),
+        (22, b':'),
+        (25, b' '),
+    ];
     if separators.iter().any(|&(at, c)| b[at] != c) || !matches!(b[26], b'+' | b'-') {
         return None;
     }
@@ -567,7 +574,10 @@ mod tests {
         assert_eq!(parse("2023-11-14T22+01:00"), ts(1_699_995_600, 0));
         assert_eq!(parse("2023-11-14T22:13Z"), ts(1_699_999_980, 0));
         assert_eq!(parse("2023-11-14T22:13:20Z"), ts(1_700_000_000, 0));
-        assert_eq!(parse("2023-11-14T22:13:20.123Z"), ts(1_700_000_000, 123_000_000));
+        assert_eq!(
+            parse("2023-11-14T22:13:20.123Z"),
+            ts(1_700_000_000, 123_000_000)
+        );
         assert_eq!(
             parse("2023-11-14T23:13:20.123456789+01:00"),
             ts(1_700_000_000, 123_456_789)

@@ -13,10 +13,10 @@ use periscope_cli::{CliError, flows_request_from_args, parse_cli, run};
 use periscope_proto::flow::{CiliumEventType, Endpoint, Flow, Ip, IpVersion, Verdict};
 use periscope_proto::observer::observer_server::{Observer, ObserverServer};
 use periscope_proto::observer::{
-    GetAgentEventsRequest, GetAgentEventsResponse, GetDebugEventsRequest,
-    GetDebugEventsResponse, GetFlowsRequest, GetFlowsResponse, GetNamespacesRequest,
-    GetNamespacesResponse, GetNodesRequest, GetNodesResponse, Namespace, Node,
-    ServerStatusRequest, ServerStatusResponse, get_flows_response::ResponseTypes,
+    GetAgentEventsRequest, GetAgentEventsResponse, GetDebugEventsRequest, GetDebugEventsResponse,
+    GetFlowsRequest, GetFlowsResponse, GetNamespacesRequest, GetNamespacesResponse,
+    GetNodesRequest, GetNodesResponse, Namespace, Node, ServerStatusRequest, ServerStatusResponse,
+    get_flows_response::ResponseTypes,
 };
 use periscope_proto::relay::{NodeState, NodeStatusEvent};
 use prost_types::Timestamp;
@@ -57,7 +57,9 @@ impl Observer for Fake {
         let items = tokio_stream::iter(self.responses.clone().into_iter().map(Ok));
         if request.follow {
             // Like a real server: stay open for new flows.
-            Ok(Response::new(Box::pin(items.chain(tokio_stream::pending()))))
+            Ok(Response::new(Box::pin(
+                items.chain(tokio_stream::pending()),
+            )))
         } else {
             Ok(Response::new(Box::pin(items)))
         }
@@ -148,7 +150,8 @@ fn start(fake: Fake) -> SocketAddr {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("bind 127.0.0.1:0");
-            tx.send(listener.local_addr().expect("local addr")).expect("send addr");
+            tx.send(listener.local_addr().expect("local addr"))
+                .expect("send addr");
             let (reporter, health) = tonic_health::server::health_reporter();
             let status = if fake.not_serving {
                 tonic_health::ServingStatus::NotServing
@@ -166,7 +169,8 @@ fn start(fake: Fake) -> SocketAddr {
                 .expect("fake server runs");
         });
     });
-    rx.recv_timeout(Duration::from_secs(10)).expect("server started")
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("server started")
 }
 
 /// An address nothing listens on.
@@ -233,10 +237,8 @@ fn canned() -> Vec<GetFlowsResponse> {
     ]
 }
 
-const LINE_0: &str =
-    "Nov 14 22:13:20.000: default/client (ID:1000) -> 10.0.0.2 (world) from-endpoint FORWARDED (flow 0)";
-const LINE_1: &str =
-    "Nov 14 22:13:21.000: 10.0.0.2 (world) <- default/client (ID:1000) from-endpoint FORWARDED (flow 1)";
+const LINE_0: &str = "Nov 14 22:13:20.000: default/client (ID:1000) -> 10.0.0.2 (world) from-endpoint FORWARDED (flow 0)";
+const LINE_1: &str = "Nov 14 22:13:21.000: 10.0.0.2 (world) <- default/client (ID:1000) from-endpoint FORWARDED (flow 1)";
 const NODE_NOTICE: &str = "Nov 14 22:13:20.000 [relay]: 1 nodes are unavailable: worker-3";
 
 struct Ran {
@@ -292,10 +294,27 @@ async fn observe_sends_filters_and_prints_json() {
     let requests = fake.requests.clone();
     let server = start(fake).to_string();
     let flags = [
-        "--last", "2", "--ip", "10.0.0.1", "--not", "--verdict", "DROPPED", "-t",
-        "trace:from-endpoint", "--since", "2023-11-14T00:00:00Z",
+        "--last",
+        "2",
+        "--ip",
+        "10.0.0.1",
+        "--not",
+        "--verdict",
+        "DROPPED",
+        "-t",
+        "trace:from-endpoint",
+        "--since",
+        "2023-11-14T00:00:00Z",
     ];
-    let mut args = vec!["periscope", "observe", "flows", "--server", &server, "-o", "json"];
+    let mut args = vec![
+        "periscope",
+        "observe",
+        "flows",
+        "--server",
+        &server,
+        "-o",
+        "json",
+    ];
     args.extend(flags);
     let ran = run_lib(&args).await;
     ran.result.expect("observe succeeds");
@@ -304,7 +323,7 @@ async fn observe_sends_filters_and_prints_json() {
     expected_args.extend(flags);
     let expected =
         flows_request_from_args(expected_args, SystemTime::now()).expect("request builds");
-    assert_eq!(requests.lock().unwrap().clone(), [expected.clone()]);
+    assert_eq!(*requests.lock().unwrap(), std::slice::from_ref(&expected));
     assert_eq!(expected.number, 2);
     assert_eq!(expected.whitelist.len(), 2);
     assert_eq!(expected.blacklist[0].verdict, [Verdict::Dropped as i32]);
@@ -345,7 +364,13 @@ async fn observe_follow_stops_cleanly_on_interrupt() {
     let requests = fake.requests.clone();
     let server = start(fake).to_string();
     let cli = parse_cli([
-        "periscope", "observe", "--server", &server, "-f", "--from-pod", "default/client",
+        "periscope",
+        "observe",
+        "--server",
+        &server,
+        "-f",
+        "--from-pod",
+        "default/client",
         "--print-node-name",
     ])
     .expect("parses");
@@ -353,7 +378,15 @@ async fn observe_follow_stops_cleanly_on_interrupt() {
     let seen = out.clone();
     // "Ctrl-C" once both flows are printed; the stream itself never ends.
     let interrupt = async move {
-        while seen.0.lock().unwrap().iter().filter(|&&b| b == b'\n').count() < 2 {
+        while seen
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            < 2
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     };
@@ -411,7 +444,15 @@ async fn unknown_code_prints_only_the_message() {
 #[tokio::test]
 async fn unreachable_server() {
     let server = dead_address().to_string();
-    let ran = run_lib(&["periscope", "observe", "--server", &server, "--timeout", "3s"]).await;
+    let ran = run_lib(&[
+        "periscope",
+        "observe",
+        "--server",
+        &server,
+        "--timeout",
+        "3s",
+    ])
+    .await;
     assert_eq!(
         ran.result.expect_err("fails").to_string(),
         format!("cannot connect to {server}: connection refused")
@@ -423,7 +464,14 @@ async fn conflicts_fail_before_connecting() {
     // The server is unreachable: the error must be the client-side one.
     let server = dead_address().to_string();
     let ran = run_lib(&[
-        "periscope", "observe", "--server", &server, "--pod", "a", "--namespace", "b",
+        "periscope",
+        "observe",
+        "--server",
+        &server,
+        "--pod",
+        "a",
+        "--namespace",
+        "b",
     ])
     .await;
     assert_eq!(
@@ -431,16 +479,34 @@ async fn conflicts_fail_before_connecting() {
         "filters --namespace and --pod cannot be combined"
     );
     let ran = run_lib(&["periscope", "observe", "--server", &server, "--tls"]).await;
-    assert_eq!(ran.result.expect_err("fails").to_string(), "TLS not supported yet");
-    let ran = run_lib(&["periscope", "observe", "--server", &format!("tls://{server}")]).await;
-    assert_eq!(ran.result.expect_err("fails").to_string(), "TLS not supported yet");
+    assert_eq!(
+        ran.result.expect_err("fails").to_string(),
+        "TLS not supported yet"
+    );
+    let ran = run_lib(&[
+        "periscope",
+        "observe",
+        "--server",
+        &format!("tls://{server}"),
+    ])
+    .await;
+    assert_eq!(
+        ran.result.expect_err("fails").to_string(),
+        "TLS not supported yet"
+    );
 }
 
 #[tokio::test]
 async fn print_raw_filters_does_not_connect() {
     let server = dead_address().to_string();
     let ran = run_lib(&[
-        "periscope", "observe", "--server", &server, "--print-raw-filters", "--from-ip", "1.2.3.4",
+        "periscope",
+        "observe",
+        "--server",
+        &server,
+        "--print-raw-filters",
+        "--from-ip",
+        "1.2.3.4",
     ])
     .await;
     ran.result.expect("no connection needed");
@@ -493,19 +559,45 @@ worker-1   Connected     1h2m3s   10.00     2048/4096 ( 50.00%)
 worker-2   Unavailable   N/A      N/A       N/A
 "
     );
-    let ran = run_lib(&["periscope", "list", "node", "-o", "wide", "--server", &server]).await;
+    let ran = run_lib(&[
+        "periscope",
+        "list",
+        "node",
+        "-o",
+        "wide",
+        "--server",
+        &server,
+    ])
+    .await;
     ran.result.expect("list nodes wide succeeds");
     assert!(
-        ran.out.lines().next().unwrap().ends_with("VERSION   ADDRESS         TLS"),
+        ran.out
+            .lines()
+            .next()
+            .unwrap()
+            .ends_with("VERSION   ADDRESS         TLS"),
         "{}",
         ran.out
     );
-    assert!(ran.out.contains("v0.1.0    worker-1:4244   N/A"), "{}", ran.out);
+    assert!(
+        ran.out.contains("v0.1.0    worker-1:4244   N/A"),
+        "{}",
+        ran.out
+    );
 
     let ran = run_lib(&["periscope", "list", "namespaces", "--server", &server]).await;
     ran.result.expect("list namespaces succeeds");
     assert_eq!(ran.out, "NAMESPACE\ndefault\nkube-system\n");
-    let ran = run_lib(&["periscope", "list", "namespaces", "-o", "json", "--server", &server]).await;
+    let ran = run_lib(&[
+        "periscope",
+        "list",
+        "namespaces",
+        "-o",
+        "json",
+        "--server",
+        &server,
+    ])
+    .await;
     ran.result.expect("json");
     let value: serde_json::Value = serde_json::from_str(&ran.out).expect("JSON");
     assert_eq!(value[1]["namespace"], "kube-system");
@@ -592,7 +684,10 @@ fn binary_usage_errors() {
     assert!(text(&output.stderr).contains("--no-such-flag"));
     let output = periscope(&["observe", "--first", "3", "--follow", "--print-raw-filters"]);
     assert_eq!(output.status.code(), Some(1));
-    assert_eq!(text(&output.stderr), "cannot set both --first and --follow\n");
+    assert_eq!(
+        text(&output.stderr),
+        "cannot set both --first and --follow\n"
+    );
 }
 
 #[test]
@@ -601,17 +696,38 @@ fn binary_help_documents_everything() {
     assert!(output.status.success());
     let help = text(&output.stdout);
     for flag in periscope_cli::filter::FILTER_FLAGS {
-        assert!(help.contains(&format!("--{flag}")), "--{flag} missing from help");
+        assert!(
+            help.contains(&format!("--{flag}")),
+            "--{flag} missing from help"
+        );
     }
     for flag in [
-        "--last", "--first", "--all", "--follow", "--since", "--until", "--output",
-        "--time-format", "--print-node-name", "--numeric", "--ip-translation",
-        "--print-raw-filters", "--allowlist", "--denylist", "--experimental-field-mask",
-        "--server", "--timeout", "--debug",
+        "--last",
+        "--first",
+        "--all",
+        "--follow",
+        "--since",
+        "--until",
+        "--output",
+        "--time-format",
+        "--print-node-name",
+        "--numeric",
+        "--ip-translation",
+        "--print-raw-filters",
+        "--allowlist",
+        "--denylist",
+        "--experimental-field-mask",
+        "--server",
+        "--timeout",
+        "--debug",
     ] {
         assert!(help.contains(flag), "{flag} missing from help");
     }
-    for command in [&["--help"][..], &["status", "--help"], &["list", "nodes", "--help"]] {
+    for command in [
+        &["--help"][..],
+        &["status", "--help"],
+        &["list", "nodes", "--help"],
+    ] {
         let output = periscope(command);
         assert!(output.status.success(), "{command:?}");
     }

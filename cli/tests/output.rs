@@ -5,8 +5,8 @@ use periscope_cli::printer::{
     verdict_label,
 };
 use periscope_proto::flow::{
-    AuthType, CiliumEventType, Endpoint, Ethernet, Flow, Ip, IpVersion, L7FlowType, Layer4,
-    Layer7, LostEvent, Service, Tcp, TrafficDirection, Udp, Verdict, IcmPv4, layer4::Protocol,
+    AuthType, CiliumEventType, Endpoint, Ethernet, Flow, IcmPv4, Ip, IpVersion, L7FlowType, Layer4,
+    Layer7, LostEvent, Service, Tcp, TrafficDirection, Udp, Verdict, layer4::Protocol,
     layer7::Record,
 };
 use periscope_proto::observer::{GetFlowsResponse, get_flows_response::ResponseTypes};
@@ -77,7 +77,9 @@ fn render(opts: PrintOptions, responses: &[GetFlowsResponse]) -> (String, String
     let mut printer = Printer::new(opts);
     let (mut out, mut err) = (Vec::new(), Vec::new());
     for r in responses {
-        printer.write_response(r, &mut out, &mut err).expect("writes");
+        printer
+            .write_response(r, &mut out, &mut err)
+            .expect("writes");
     }
     printer.finish(&mut out).expect("finishes");
     (
@@ -159,7 +161,10 @@ fn compact_policy_verdict_wording() {
         flow
     };
     let line = compact_flow(&verdict(Verdict::Forwarded), &PrintOptions::default());
-    assert!(line.ends_with("policy-verdict:L3-L4 INGRESS ALLOWED (TCP Flags: SYN)"), "{line}");
+    assert!(
+        line.ends_with("policy-verdict:L3-L4 INGRESS ALLOWED (TCP Flags: SYN)"),
+        "{line}"
+    );
     assert_eq!(verdict_label(&verdict(Verdict::Redirected)), "ALLOWED");
     assert_eq!(verdict_label(&verdict(Verdict::Dropped)), "DENIED");
     assert_eq!(verdict_label(&verdict(Verdict::Error)), "DENIED");
@@ -184,7 +189,10 @@ fn compact_auth_summary_and_node_name() {
             ..PrintOptions::default()
         },
     );
-    assert!(line.starts_with("Nov 14 22:13:20.123 [kind-worker]: "), "{line}");
+    assert!(
+        line.starts_with("Nov 14 22:13:20.123 [kind-worker]: "),
+        "{line}"
+    );
     assert!(line.ends_with("(TCP Flags: SYN; Auth: SPIRE)"), "{line}");
 }
 
@@ -266,7 +274,10 @@ fn ethernet_only_and_empty_flows() {
     };
     assert_eq!(
         host_names(&flow, true),
-        ("aa:bb:cc:dd:ee:ff".to_owned(), "ff:ff:ff:ff:ff:ff".to_owned())
+        (
+            "aa:bb:cc:dd:ee:ff".to_owned(),
+            "ff:ff:ff:ff:ff:ff".to_owned()
+        )
     );
     assert_eq!(
         compact_flow(&Flow::default(), &PrintOptions::default()),
@@ -377,7 +388,10 @@ Nov 14 22:13:20.123   default/client:43210   kube-system/coredns-5d78c9869d-abcd
         },
         &[response(forward())],
     );
-    assert!(out.starts_with("TIMESTAMP             NODE          SOURCE"), "{out}");
+    assert!(
+        out.starts_with("TIMESTAMP             NODE          SOURCE"),
+        "{out}"
+    );
     // Nothing at all without flows.
     assert_eq!(render(opts(Output::Table), &[]).0, "");
 }
@@ -446,12 +460,21 @@ Nov 14 22:13:20.123 [relay]: Error \"boom\" on 2 nodes: node-a, node-b
         },
         &responses,
     );
-    assert!(err.contains("Receiving flows from 2 nodes: node-a, node-b"), "{err}");
-    assert!(err.contains("2 nodes removed from cluster: node-a, node-b"), "{err}");
+    assert!(
+        err.contains("Receiving flows from 2 nodes: node-a, node-b"),
+        "{err}"
+    );
+    assert!(
+        err.contains("2 nodes removed from cluster: node-a, node-b"),
+        "{err}"
+    );
     // JSON output: the response as JSON, on stderr.
     let (out, err) = render(opts(Output::Json), &responses[..1]);
     assert_eq!(out, "");
-    assert!(err.contains("\"state_change\":\"NODE_UNAVAILABLE\""), "{err}");
+    assert!(
+        err.contains("\"state_change\":\"NODE_UNAVAILABLE\""),
+        "{err}"
+    );
 }
 
 #[test]
@@ -477,7 +500,10 @@ fn lost_events_only_with_debug() {
         })),
         ..Default::default()
     };
-    assert_eq!(render(PrintOptions::default(), &[lost.clone()]), (String::new(), String::new()));
+    assert_eq!(
+        render(PrintOptions::default(), std::slice::from_ref(&lost)),
+        (String::new(), String::new())
+    );
     let (out, err) = render(
         PrintOptions {
             debug: true,
@@ -486,6 +512,9 @@ fn lost_events_only_with_debug() {
         &[lost, GetFlowsResponse::default()],
     );
     assert_eq!(out, "");
-    assert!(err.starts_with("unknown response type: LostEvents"), "{err}");
+    assert!(
+        err.starts_with("unknown response type: LostEvents"),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 1);
 }

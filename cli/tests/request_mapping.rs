@@ -27,8 +27,7 @@ fn argv<'a>(args: &[&'a str]) -> Vec<&'a str> {
 }
 
 fn request(args: &[&str]) -> GetFlowsRequest {
-    flows_request_from_args(argv(args), now())
-        .unwrap_or_else(|e| panic!("{args:?} rejected: {e}"))
+    flows_request_from_args(argv(args), now()).unwrap_or_else(|e| panic!("{args:?} rejected: {e}"))
 }
 
 fn rejection(args: &[&str]) -> String {
@@ -240,7 +239,10 @@ fn time_formats() {
     assert_eq!(since("2023-11-14T22Z"), at(NOW_SECONDS - 800, 0));
     assert_eq!(since("2023-11-14T22:13Z"), at(NOW_SECONDS - 20, 0));
     assert_eq!(since("2023-11-14T23:13:20+01:00"), at(NOW_SECONDS, 0));
-    assert_eq!(since("2023-11-14T22:13:20.5Z"), at(NOW_SECONDS, 500_000_000));
+    assert_eq!(
+        since("2023-11-14T22:13:20.5Z"),
+        at(NOW_SECONDS, 500_000_000)
+    );
     assert_eq!(
         since("2023-11-14T22:13:20.123456789Z"),
         at(NOW_SECONDS, 123_456_789)
@@ -308,7 +310,9 @@ fn filter_from_pod_to_pod() {
     assert_eq!(
         request(&["--to-pod", "kube-system/coredns"]),
         filtered(
-            vec![filter(|f| f.destination_pod = vec![s("kube-system/coredns")])],
+            vec![filter(
+                |f| f.destination_pod = vec![s("kube-system/coredns")]
+            )],
             vec![]
         )
     );
@@ -332,11 +336,17 @@ fn filter_pod_both_sides() {
 fn filter_from_namespace_to_namespace() {
     assert_eq!(
         request(&["--from-namespace", "kube-system"]),
-        filtered(vec![filter(|f| f.source_pod = vec![s("kube-system/")])], vec![])
+        filtered(
+            vec![filter(|f| f.source_pod = vec![s("kube-system/")])],
+            vec![]
+        )
     );
     assert_eq!(
         request(&["--to-namespace", "default"]),
-        filtered(vec![filter(|f| f.destination_pod = vec![s("default/")])], vec![])
+        filtered(
+            vec![filter(|f| f.destination_pod = vec![s("default/")])],
+            vec![]
+        )
     );
 }
 
@@ -357,7 +367,10 @@ fn filter_namespace_both_sides() {
 fn filter_fqdn() {
     assert_eq!(
         request(&["--from-fqdn", "*.cilium.io"]),
-        filtered(vec![filter(|f| f.source_fqdn = vec![s("*.cilium.io")])], vec![])
+        filtered(
+            vec![filter(|f| f.source_fqdn = vec![s("*.cilium.io")])],
+            vec![]
+        )
     );
     assert_eq!(
         request(&["--to-fqdn", "api.github.com"]),
@@ -382,7 +395,10 @@ fn filter_fqdn() {
 fn filter_label() {
     assert_eq!(
         request(&["--from-label", "k8s:app=x"]),
-        filtered(vec![filter(|f| f.source_label = vec![s("k8s:app=x")])], vec![])
+        filtered(
+            vec![filter(|f| f.source_label = vec![s("k8s:app=x")])],
+            vec![]
+        )
     );
     assert_eq!(
         request(&["--to-label", "reserved:world"]),
@@ -407,13 +423,18 @@ fn filter_service() {
     assert_eq!(
         request(&["--from-service", "kube-system/kube-dns"]),
         filtered(
-            vec![filter(|f| f.source_service = vec![s("kube-system/kube-dns")])],
+            vec![filter(
+                |f| f.source_service = vec![s("kube-system/kube-dns")]
+            )],
             vec![]
         )
     );
     assert_eq!(
         request(&["--to-service", "web"]),
-        filtered(vec![filter(|f| f.destination_service = vec![s("web")])], vec![])
+        filtered(
+            vec![filter(|f| f.destination_service = vec![s("web")])],
+            vec![]
+        )
     );
     assert_eq!(
         request(&["--service", "web"]),
@@ -473,7 +494,10 @@ fn filter_identity_names_and_numbers() {
     );
     assert_eq!(
         request(&["--to-identity", "12345"]),
-        filtered(vec![filter(|f| f.destination_identity = vec![12345])], vec![])
+        filtered(
+            vec![filter(|f| f.destination_identity = vec![12345])],
+            vec![]
+        )
     );
     assert_eq!(
         request(&["--identity", "host"]),
@@ -519,7 +543,10 @@ fn filter_workloads() {
     );
     assert_eq!(
         request(&["--to-workload", "web"]),
-        filtered(vec![filter(|f| f.destination_workload = vec![w("", "web")])], vec![])
+        filtered(
+            vec![filter(|f| f.destination_workload = vec![w("", "web")])],
+            vec![]
+        )
     );
     assert_eq!(
         request(&["--workload", "StatefulSet/"]),
@@ -538,11 +565,21 @@ fn filter_verdicts() {
     assert_eq!(
         request(&["--verdict", "DROPPED", "--verdict", "AUDIT"]),
         filtered(
-            vec![filter(|f| f.verdict = vec![Verdict::Dropped as i32, Verdict::Audit as i32])],
+            vec![filter(
+                |f| f.verdict = vec![Verdict::Dropped as i32, Verdict::Audit as i32]
+            )],
             vec![]
         )
     );
-    for name in ["FORWARDED", "DROPPED", "AUDIT", "REDIRECTED", "ERROR", "TRACED", "TRANSLATED"] {
+    for name in [
+        "FORWARDED",
+        "DROPPED",
+        "AUDIT",
+        "REDIRECTED",
+        "ERROR",
+        "TRACED",
+        "TRANSLATED",
+    ] {
         assert_eq!(
             request(&["--verdict", name]).whitelist[0].verdict,
             [Verdict::from_str_name(name).unwrap() as i32]
@@ -610,14 +647,23 @@ fn filter_types() {
             ..Default::default()
         }]
     );
-    assert!(rejection(&["-t", "trace:nowhere"]).starts_with("unable to parse event sub-type 'nowhere'"));
+    assert!(
+        rejection(&["-t", "trace:nowhere"]).starts_with("unable to parse event sub-type 'nowhere'")
+    );
     assert!(rejection(&["-t", "everything"]).starts_with("unable to parse type 'everything'"));
 }
 
 #[test]
 fn filter_http() {
     assert_eq!(
-        request(&["--http-status", "5+", "--http-method", "get", "--http-path", "/api/.*"]),
+        request(&[
+            "--http-status",
+            "5+",
+            "--http-method",
+            "get",
+            "--http-path",
+            "/api/.*"
+        ]),
         filtered(
             vec![filter(|f| {
                 f.http_status_code = vec![s("5+")];
@@ -633,7 +679,10 @@ fn filter_http() {
 fn filter_protocol() {
     assert_eq!(
         request(&["--protocol", "tcp", "--protocol", "dns"]),
-        filtered(vec![filter(|f| f.protocol = vec![s("tcp"), s("dns")])], vec![])
+        filtered(
+            vec![filter(|f| f.protocol = vec![s("tcp"), s("dns")])],
+            vec![]
+        )
     );
 }
 
@@ -658,14 +707,20 @@ fn filter_tcp_flags() {
             vec![]
         )
     );
-    assert_eq!(rejection(&["--tcp-flags", "syn,bogus"]), "unknown tcp flag: bogus");
+    assert_eq!(
+        rejection(&["--tcp-flags", "syn,bogus"]),
+        "unknown tcp flag: bogus"
+    );
 }
 
 #[test]
 fn filter_node_name() {
     assert_eq!(
         request(&["--node-name", "kind/*worker*"]),
-        filtered(vec![filter(|f| f.node_name = vec![s("kind/*worker*")])], vec![])
+        filtered(
+            vec![filter(|f| f.node_name = vec![s("kind/*worker*")])],
+            vec![]
+        )
     );
 }
 
@@ -700,7 +755,9 @@ fn filter_trace_id() {
     assert_eq!(
         request(&["--trace-id", "4bf92f3577b34da6a3ce929d0e0e4736"]),
         filtered(
-            vec![filter(|f| f.trace_id = vec![s("4bf92f3577b34da6a3ce929d0e0e4736")])],
+            vec![filter(
+                |f| f.trace_id = vec![s("4bf92f3577b34da6a3ce929d0e0e4736")]
+            )],
             vec![]
         )
     );
@@ -709,11 +766,18 @@ fn filter_trace_id() {
 #[test]
 fn filter_traffic_direction() {
     assert_eq!(
-        request(&["--traffic-direction", "ingress", "--traffic-direction", "EGRESS"]),
+        request(&[
+            "--traffic-direction",
+            "ingress",
+            "--traffic-direction",
+            "EGRESS"
+        ]),
         filtered(
             vec![filter(|f| {
-                f.traffic_direction =
-                    vec![TrafficDirection::Ingress as i32, TrafficDirection::Egress as i32]
+                f.traffic_direction = vec![
+                    TrafficDirection::Ingress as i32,
+                    TrafficDirection::Egress as i32,
+                ]
             })],
             vec![]
         )
@@ -729,7 +793,16 @@ fn filter_not_goes_to_blacklist() {
     );
     // --not applies to exactly the next filter flag.
     assert_eq!(
-        request(&["--not", "--verdict", "DROPPED", "--pod", "x", "--not", "--namespace", "kube-system"]),
+        request(&[
+            "--not",
+            "--verdict",
+            "DROPPED",
+            "--pod",
+            "x",
+            "--not",
+            "--namespace",
+            "kube-system"
+        ]),
         filtered(
             vec![
                 filter(|f| f.source_pod = vec![s("x")]),
@@ -747,8 +820,14 @@ fn filter_not_goes_to_blacklist() {
             ]
         )
     );
-    assert_eq!(rejection(&["--not", "--not", "--ip", "1"]), "consecutive --not statements");
-    assert_eq!(rejection(&["--ip", "1", "--not"]), "trailing --not found in the arguments");
+    assert_eq!(
+        rejection(&["--not", "--not", "--ip", "1"]),
+        "consecutive --not statements"
+    );
+    assert_eq!(
+        rejection(&["--ip", "1", "--not"]),
+        "trailing --not found in the arguments"
+    );
 }
 
 #[test]
@@ -775,15 +854,39 @@ fn filter_conflicts() {
         );
     };
     conflict(&["--pod", "x", "--namespace", "y"], "namespace", "pod");
-    conflict(&["--identity", "1", "--from-identity", "2"], "identity", "from-identity");
+    conflict(
+        &["--identity", "1", "--from-identity", "2"],
+        "identity",
+        "from-identity",
+    );
     conflict(&["--port", "1", "--to-port", "2"], "port", "to-port");
-    conflict(&["--from-ip", "1", "--from-pod", "x"], "from-ip", "from-pod");
-    conflict(&["--from-fqdn", "a", "--from-namespace", "x"], "from-fqdn", "from-namespace");
-    conflict(&["--from-namespace", "a", "--from-pod", "x"], "from-namespace", "from-pod");
+    conflict(
+        &["--from-ip", "1", "--from-pod", "x"],
+        "from-ip",
+        "from-pod",
+    );
+    conflict(
+        &["--from-fqdn", "a", "--from-namespace", "x"],
+        "from-fqdn",
+        "from-namespace",
+    );
+    conflict(
+        &["--from-namespace", "a", "--from-pod", "x"],
+        "from-namespace",
+        "from-pod",
+    );
     conflict(&["--ip", "1", "--to-ip", "2"], "to-ip", "ip");
     conflict(&["--label", "a", "--to-label", "b"], "label", "to-label");
-    conflict(&["--service", "a", "--from-service", "b"], "service", "from-service");
-    conflict(&["--workload", "a", "--to-workload", "b"], "workload", "to-workload");
+    conflict(
+        &["--service", "a", "--from-service", "b"],
+        "service",
+        "from-service",
+    );
+    conflict(
+        &["--workload", "a", "--to-workload", "b"],
+        "workload",
+        "to-workload",
+    );
     // Different sides and different lists do not conflict.
     request(&["--from-ip", "1", "--to-pod", "x"]);
     request(&["--pod", "x", "--not", "--namespace", "y"]);
@@ -825,7 +928,12 @@ fn raw_allowlist_and_denylist() {
 #[test]
 fn field_masks() {
     assert_eq!(
-        request(&["-o", "json", "--experimental-field-mask", "time,IP,source.pod_name"]),
+        request(&[
+            "-o",
+            "json",
+            "--experimental-field-mask",
+            "time,IP,source.pod_name"
+        ]),
         GetFlowsRequest {
             number: 20,
             experimental: Some(Experimental {

@@ -76,6 +76,8 @@ pub struct Remote {
     pub pods: Vec<Pod>,
     /// Exact labels of source-assigned identities.
     pub identities: BTreeMap<u32, LabelSet>,
+    /// Service addresses → (namespace, name).
+    pub services: BTreeMap<IpAddr, (String, String)>,
 }
 
 /// How the agent builds identities and enforcement from its inputs.
@@ -169,6 +171,10 @@ pub struct State {
     pub ipcache: BTreeMap<(IpcacheKey, u32), IpcacheValue>,
     /// Agent addresses of the nodes that declare one.
     pub node_addresses: BTreeMap<String, String>,
+    /// Revision of this state (set by the agent when it applies it).
+    pub revision: u64,
+    /// Service addresses → (namespace, name), from the metadata sources.
+    pub services: BTreeMap<IpAddr, (String, String)>,
 }
 
 impl State {
@@ -344,6 +350,8 @@ impl State {
                 .iter()
                 .filter_map(|n| n.address.clone().map(|a| (n.name.clone(), a)))
                 .collect(),
+            revision: 0,
+            services: remote.services.clone(),
         };
         (state, specs)
     }

@@ -253,6 +253,31 @@ pub fn decode(ev: &FlowEvent, state: &State, boot_offset_ns: i128) -> Flow {
         f.drop_reason = ev.sub_type as u32;
         f.drop_reason_desc = ev.sub_type as i32;
     }
+    let service = |ip: &IpAddr| {
+        state.services.get(ip).map(|(ns, name)| flow::Service {
+            name: name.clone(),
+            namespace: ns.clone(),
+        })
+    };
+    f.source_service = service(&src);
+    f.destination_service = service(&dst);
+    // The policy behind the decision (rule ids index the policy set in force).
+    if let Some(p) = state.policies.by_rule_id(ev.rule_id) {
+        let policy = flow::Policy {
+            name: p.name.clone(),
+            namespace: p.namespace.clone().unwrap_or_default(),
+            labels: vec![format!("k8s:io.cilium.k8s.policy.name={}", p.name)],
+            revision: state.revision,
+            kind: p.kind.clone(),
+        };
+        let list = match (ev.direction, dropped) {
+            (dp::dir::INGRESS, false) => &mut f.ingress_allowed_by,
+            (dp::dir::EGRESS, false) => &mut f.egress_allowed_by,
+            (dp::dir::INGRESS, true) => &mut f.ingress_denied_by,
+            _ => &mut f.egress_denied_by,
+        };
+        list.push(policy);
+    }
     if ev.kind == dp::msg::TRACE {
         f.trace_observation_point = match ev.sub_type {
             dp::obs::TO_ENDPOINT => flow::TraceObservationPoint::ToEndpoint as i32,

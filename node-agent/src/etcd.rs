@@ -226,9 +226,10 @@ async fn session(
     for item in resp.kvs() {
         let key = String::from_utf8_lossy(item.key());
         if let Some(rel) = key.strip_prefix(prefix)
-            && let Err(e) = fresh.put(rel, item.value()) {
-                tracing::warn!(error = %e, "ignoring malformed kvstore entry");
-            }
+            && let Err(e) = fresh.put(rel, item.value())
+        {
+            tracing::warn!(error = %e, "ignoring malformed kvstore entry");
+        }
     }
     *kv = fresh;
     publish(kv, view, identities);

@@ -61,8 +61,20 @@ pub fn pod_labels(labels: &BTreeMap<String, String>, namespace: &str, cluster: &
         .collect();
     set.insert(Label::new("k8s", LABEL_NAMESPACE, namespace));
     set.insert(Label::new("k8s", LABEL_CLUSTER, cluster));
+    // Namespace labels, for Kubernetes namespaceSelectors (Cilium's convention); every namespace
+    // carries its name label.
+    set.insert(Label::new(
+        "k8s",
+        &format!("{LABEL_NS_LABELS}{LABEL_NS_NAME}"),
+        namespace,
+    ));
     set
 }
+
+/// Prefix of namespace labels on endpoints.
+pub const LABEL_NS_LABELS: &str = "io.cilium.k8s.namespace.labels.";
+/// Kubernetes' automatic namespace name label.
+pub const LABEL_NS_NAME: &str = "kubernetes.io/metadata.name";
 
 /// The labels of a reserved identity, e.g. `reserved:world`.
 pub fn reserved_labels(id: u32) -> LabelSet {

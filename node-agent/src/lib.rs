@@ -6,6 +6,7 @@ pub mod decoder;
 pub mod etcd;
 pub mod filters;
 pub mod identity;
+pub mod k8s_policy;
 pub mod metrics;
 pub mod monitor;
 pub mod observer;

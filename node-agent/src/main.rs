@@ -239,6 +239,7 @@ async fn run(
     let remote = || Remote {
         pods: etcd_view.snapshot().pods.into_values().collect(),
         identities: etcd_ids.lock().expect("identities").clone(),
+        services: Default::default(),
     };
     let (mut state, specs) =
         State::build(&args.node, &topology, &remote(), policies.clone(), &build);
@@ -246,6 +247,7 @@ async fn run(
     dp.sync_ipcache(&state.ipcache)?;
     let ids = dp.sync_endpoints(&specs)?;
     state.set_endpoint_ids(&ids);
+    state.revision = 1;
     let mut progress = status::Progress {
         revision: 1,
         ..Default::default()
@@ -394,6 +396,7 @@ async fn run(
             Ok(ids) => {
                 new_state.set_endpoint_ids(&ids);
                 progress.revision += 1;
+                new_state.revision = progress.revision;
                 progress.error = None;
                 status::write(&args.state_dir, &new_state, &progress, None)?;
                 tracing::info!(

@@ -145,32 +145,33 @@ impl Metrics {
             );
         }
         if let Some(Protocol::Tcp(t)) = f.l4.as_ref().and_then(|l| l.protocol)
-            && let Some(fl) = t.flags {
-                let family = match f.ip.as_ref().map(|i| i.ip_version) {
-                    Some(2) => "IPv6",
-                    _ => "IPv4",
-                };
-                let mut names = Vec::new();
-                if fl.syn && fl.ack {
-                    names.push("SYN-ACK");
-                } else if fl.syn {
-                    names.push("SYN");
-                }
-                if fl.fin {
-                    names.push("FIN");
-                }
-                if fl.rst {
-                    names.push("RST");
-                }
-                for n in names {
-                    self.inc(
-                        &mut fams,
-                        "hubble_tcp_flags_total",
-                        vec![("family", family.into()), ("flag", n.into())],
-                        1,
-                    );
-                }
+            && let Some(fl) = t.flags
+        {
+            let family = match f.ip.as_ref().map(|i| i.ip_version) {
+                Some(2) => "IPv6",
+                _ => "IPv4",
+            };
+            let mut names = Vec::new();
+            if fl.syn && fl.ack {
+                names.push("SYN-ACK");
+            } else if fl.syn {
+                names.push("SYN");
             }
+            if fl.fin {
+                names.push("FIN");
+            }
+            if fl.rst {
+                names.push("RST");
+            }
+            for n in names {
+                self.inc(
+                    &mut fams,
+                    "hubble_tcp_flags_total",
+                    vec![("family", family.into()), ("flag", n.into())],
+                    1,
+                );
+            }
+        }
         if et.r#type == 4
             && f.verdict == flow::Verdict::Forwarded as i32
             && f.is_reply == Some(false)

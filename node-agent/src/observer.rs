@@ -113,9 +113,10 @@ impl Query {
         let since = nanos(&r.since);
         let until = nanos(&r.until);
         if let (Some(s), Some(u)) = (since, until)
-            && s > u {
-                return Err(Status::invalid_argument("since is after until"));
-            }
+            && s > u
+        {
+            return Err(Status::invalid_argument("since is after until"));
+        }
         Ok(Query {
             filter,
             since,

@@ -47,6 +47,9 @@ pub struct PolicyDoc {
     /// Ignored (written by the API server).
     #[serde(default)]
     pub status: Option<serde_yaml::Value>,
+    /// Free-form description (some users write it at the top level).
+    #[serde(default)]
+    pub description: Option<String>,
 }
 
 /// Object metadata (only name and namespace are used; other fields are accepted).
@@ -484,6 +487,44 @@ impl PolicySet {
         Ok(set)
     }
 
+    /// Adds policy documents that came from a metadata source (e.g. the Kubernetes API), named
+    /// `origin` in errors, and re-checks the whole set. A bad document is an error naming it;
+    /// the caller keeps the policies in force.
+    pub fn add_documents<'a>(
+        &mut self,
+        docs: impl IntoIterator<Item = (&'a str, &'a serde_yaml::Value)>,
+    ) -> Result<(), PolicyError> {
+        for (origin, value) in docs {
+            self.add_value(value.clone(), Path::new(origin), 1)?;
+        }
+        self.finish(Path::new("<sources>"))
+    }
+
+    fn add_value(
+        &mut self,
+        value: serde_yaml::Value,
+        path: &Path,
+        doc: usize,
+    ) -> Result<(), PolicyError> {
+        let parse_err = |e: serde_path_to_error::Error<serde_yaml::Error>| PolicyError::Parse {
+            path: path.into(),
+            doc,
+            message: e.to_string(),
+        };
+        let is_k8s =
+            value.get("apiVersion").and_then(|v| v.as_str()) == Some("networking.k8s.io/v1");
+        let policy = if is_k8s {
+            let d: crate::k8s_policy::NetworkPolicyDoc =
+                serde_path_to_error::deserialize(value).map_err(parse_err)?;
+            crate::k8s_policy::validate(d, path)?
+        } else {
+            let d: PolicyDoc = serde_path_to_error::deserialize(value).map_err(parse_err)?;
+            validate(d, path, &mut self.warnings)?
+        };
+        self.policies.push(policy);
+        Ok(())
+    }
+
     fn add_yaml(&mut self, text: &str, path: &Path) -> Result<(), PolicyError> {
         for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
             let value = serde_yaml::Value::deserialize(de).map_err(|e| PolicyError::Parse {
@@ -494,14 +535,7 @@ impl PolicySet {
             if value.is_null() {
                 continue; // empty document (e.g. a trailing `---`)
             }
-            let doc: PolicyDoc =
-                serde_path_to_error::deserialize(value).map_err(|e| PolicyError::Parse {
-                    path: path.into(),
-                    doc: i + 1,
-                    message: e.to_string(),
-                })?;
-            let policy = validate(doc, path, &mut self.warnings)?;
-            self.policies.push(policy);
+            self.add_value(value, path, i + 1)?;
         }
         Ok(())
     }
@@ -935,7 +969,7 @@ fn icmp_type(v: &StrOrInt, v6: bool) -> Result<u8, String> {
     }
 }
 
-fn parse_cidr(s: &str) -> Result<IpNet, String> {
+pub(crate) fn parse_cidr(s: &str) -> Result<IpNet, String> {
     if let Ok(n) = s.parse::<IpNet>() {
         if n.trunc() != n {
             return Err(format!(
@@ -953,7 +987,7 @@ fn parse_cidr(s: &str) -> Result<IpNet, String> {
     ))
 }
 
-fn check_selector(sel: &Selector) -> Result<(), String> {
+pub(crate) fn check_selector(sel: &Selector) -> Result<(), String> {
     for (i, e) in sel.match_expressions.iter().enumerate() {
         match e.operator.as_str() {
             "In" | "NotIn" if e.values.is_empty() => {
@@ -1459,6 +1493,33 @@ spec:
             assert!(err.contains(needle), "{err:?} should contain {needle:?}");
             assert!(err.contains("bad.yaml"), "{err:?} should name the file");
         }
+    }
+
+    #[test]
+    fn the_seeds_policies_load_unchanged() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/seed-policies");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            let set = PolicySet::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!set.policies.is_empty(), "{}", path.display());
+            n += set.policies.len();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.contains("l7") {
+                assert!(
+                    set.warnings.iter().any(|w| w.contains("L7")),
+                    "L7 rules are reported"
+                );
+            }
+            if name.starts_with("004") {
+                assert!(
+                    set.warnings.iter().any(|w| w.contains("nodeSelector")),
+                    "{:?}",
+                    set.warnings
+                );
+            }
+        }
+        assert_eq!(n, 8, "1 policy of seed 000, 3 of seed 002, 4 of seed 004");
     }
 
     #[test]

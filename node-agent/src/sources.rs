@@ -11,16 +11,19 @@ use std::time::Duration;
 use periscope_topology::Pod;
 use tokio::sync::Notify;
 
-use crate::policy::PolicyDoc;
-
 /// What one source currently knows.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SourceView {
     /// Endpoints by a source-specific key (e.g. the etcd key), with their identity when the
     /// source assigns one.
     pub pods: BTreeMap<String, Pod>,
-    /// Policy documents (Kubernetes source).
-    pub policies: BTreeMap<String, PolicyDoc>,
+    /// Policy documents as the API returned them (CiliumNetworkPolicy,
+    /// CiliumClusterwideNetworkPolicy, NetworkPolicy), keyed `kind/namespace/name`; the agent
+    /// validates them like policy files.
+    pub policies: BTreeMap<String, serde_yaml::Value>,
+    /// Service addresses (ClusterIP, external IPs, endpoint addresses) → (namespace, name), for
+    /// naming flows.
+    pub services: BTreeMap<std::net::IpAddr, (String, String)>,
     /// Whether the backend is reachable right now.
     pub connected: bool,
     /// Last error talking to the backend.
@@ -43,9 +46,9 @@ impl SharedView {
     /// Changes the view and tells the agent if anything that matters changed.
     pub fn update(&self, f: impl FnOnce(&mut SourceView)) {
         let mut v = self.view.lock().expect("view lock");
-        let before = (v.pods.clone(), v.policies.clone());
+        let before = (v.pods.clone(), v.policies.clone(), v.services.clone());
         f(&mut v);
-        let changed = before.0 != v.pods || before.1 != v.policies;
+        let changed = before.0 != v.pods || before.1 != v.policies || before.2 != v.services;
         drop(v);
         if changed {
             self.changed.notify_one();

@@ -370,7 +370,10 @@ mod tests {
         assert_eq!(text(951_782_400, 0), "2000-02-29T00:00:00Z");
         assert_eq!(text(-1, 0), "1969-12-31T23:59:59Z");
         assert_eq!(text(MIN_SECONDS, 0), "0001-01-01T00:00:00Z");
-        assert_eq!(text(MAX_SECONDS, 999_999_999), "9999-12-31T23:59:59.999999999Z");
+        assert_eq!(
+            text(MAX_SECONDS, 999_999_999),
+            "9999-12-31T23:59:59.999999999Z"
+        );
         assert!(timestamp_to_rfc3339(&ts(MAX_SECONDS + 1, 0)).is_err());
         assert!(timestamp_to_rfc3339(&ts(0, -1)).is_err());
         assert!(timestamp_to_rfc3339(&ts(0, 1_000_000_000)).is_err());
@@ -380,7 +383,10 @@ mod tests {
     fn timestamp_parse() {
         let parse = |t: &str| timestamp_from_rfc3339(t).unwrap();
         assert_eq!(parse("2023-11-14T22:13:20Z"), ts(1_700_000_000, 0));
-        assert_eq!(parse("2023-11-14T22:13:20.5Z"), ts(1_700_000_000, 500_000_000));
+        assert_eq!(
+            parse("2023-11-14T22:13:20.5Z"),
+            ts(1_700_000_000, 500_000_000)
+        );
         assert_eq!(
             parse("2023-11-14T23:13:20.123456789+01:00"),
             ts(1_700_000_000, 123_456_789)

@@ -693,7 +693,10 @@ mod json {
             ..Default::default()
         };
         let value: Value = serde_json::to_value(&flow).expect("serializes");
-        assert_eq!(value, json!({"verdict": 42, "traffic_direction": "INGRESS"}));
+        assert_eq!(
+            value,
+            json!({"verdict": 42, "traffic_direction": "INGRESS"})
+        );
 
         let filter = FlowFilter {
             ip_version: vec![IpVersion::IPv6 as i32, 7],

@@ -275,6 +275,13 @@ fn allow_deny_matrix_tcp_udp_icmp_ipv4_ipv6() {
             .all(|f| f.drop_reason_desc == DropReason::PolicyDeny as i32),
         "explicit deny is 181"
     );
+    assert!(
+        deny.iter().all(|f| f
+            .ingress_denied_by
+            .first()
+            .is_some_and(|p| p.name == "db-policy" && p.namespace == "data")),
+        "the deny names its policy"
+    );
     let l4only = ingress_pv(&flows, "shop/web", "data/db", 9000);
     assert!(
         l4only.iter().all(|f| f.policy_match_type == 3),
