@@ -110,6 +110,23 @@ struct Args {
     /// Flows kept in the ring buffer for GetFlows (2^n - 1).
     #[arg(long, default_value_t = 4095)]
     ring_capacity: usize,
+    /// Export flows to this file as JSON lines (one observer.ExportEvent per line, Hubble's
+    /// field names), rotated by size.
+    #[arg(long)]
+    export_file: Option<PathBuf>,
+    /// Rotate the export file at this size, MiB.
+    #[arg(long, default_value_t = 10)]
+    export_file_max_size_mb: u64,
+    /// Rotated export files kept (file.1 … file.N).
+    #[arg(long, default_value_t = 5)]
+    export_file_max_backups: u32,
+    /// Export only flows matching this FlowFilter (JSON, e.g. '{"verdict":["DROPPED"]}'),
+    /// repeatable (any matches).
+    #[arg(long)]
+    export_allowlist: Vec<String>,
+    /// Do not export flows matching this FlowFilter (JSON), repeatable.
+    #[arg(long)]
+    export_denylist: Vec<String>,
     /// Log filter (tracing env-filter syntax), e.g. info, periscope_agent=debug.
     #[arg(long, env = "PERISCOPE_LOG", default_value = "info")]
     log: String,
@@ -301,7 +318,26 @@ async fn run(
             .serve(tokio::net::TcpListener::from_std(metrics_listener)?),
     );
     progress.metrics_address = Some(metrics_local.to_string());
+    let exporter = match &args.export_file {
+        None => None,
+        Some(path) => Some(periscope_agent::export::Exporter::new(
+            periscope_agent::export::ExportConfig {
+                path: path.clone(),
+                max_bytes: args.export_file_max_size_mb.max(1) << 20,
+                max_backups: args.export_file_max_backups,
+                allow: periscope_agent::export::parse_filters(
+                    "--export-allowlist",
+                    &args.export_allowlist,
+                )?,
+                deny: periscope_agent::export::parse_filters(
+                    "--export-denylist",
+                    &args.export_denylist,
+                )?,
+            },
+        )?),
+    };
     let outputs = Outputs {
+        exporter,
         metrics,
         compact: args.output == "compact",
         flow_log: match &args.flow_log {

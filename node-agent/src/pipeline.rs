@@ -23,6 +23,8 @@ pub struct Outputs {
     pub flow_log: Option<std::io::BufWriter<std::fs::File>>,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// JSON-lines flow export.
+    pub exporter: Option<crate::export::Exporter>,
 }
 
 impl Outputs {
@@ -91,6 +93,11 @@ pub async fn run(
             match e {
                 Event::Flow(f) => {
                     outputs.metrics.observe(f);
+                    if let Some(x) = outputs.exporter.as_mut() {
+                        if let Err(e) = x.flow(f) {
+                            tracing::warn!(error = %e, "flow export failed");
+                        }
+                    }
                     if let Some(w) = outputs.flow_log.as_mut() {
                         let _ = w.write_all(&f.encode_length_delimited_to_vec());
                     }
@@ -100,6 +107,9 @@ pub async fn run(
                 }
                 Event::Lost(l) => {
                     outputs.metrics.lost(l.source, l.num_events_lost);
+                    if let Some(x) = outputs.exporter.as_mut() {
+                        let _ = x.lost(l, "");
+                    }
                     if outputs.compact {
                         let _ = writeln!(
                             out,
@@ -114,6 +124,9 @@ pub async fn run(
         ring.write_batch(events.drain(..));
         if rx.is_empty() {
             let _ = out.flush();
+            if let Some(x) = outputs.exporter.as_mut() {
+                x.flush();
+            }
             if let Some(w) = outputs.flow_log.as_mut() {
                 let _ = w.flush();
             }

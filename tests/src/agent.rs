@@ -15,7 +15,16 @@ use crate::Testbed;
 
 /// Path of the agent binary.
 pub fn agent_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("PERISCOPE_AGENT_BIN") {
+    binary("PERISCOPE_AGENT_BIN", "periscope-agent")
+}
+
+/// Path of the `periscope` CLI binary.
+pub fn cli_bin() -> PathBuf {
+    binary("PERISCOPE_CLI_BIN", "periscope")
+}
+
+fn binary(env: &str, name: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
         return PathBuf::from(p);
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -26,14 +35,14 @@ pub fn agent_bin() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or(root.join("target"));
     for p in [
-        target.join("release/periscope-agent"),
-        target.join("debug/periscope-agent"),
+        target.join("release").join(name),
+        target.join("debug").join(name),
     ] {
         if p.exists() {
             return p;
         }
     }
-    panic!("periscope-agent binary not found: run `cargo xtask test` or set PERISCOPE_AGENT_BIN")
+    panic!("{name} binary not found: run `cargo xtask test` or set {env}")
 }
 
 /// A running agent for one node of a test bed.

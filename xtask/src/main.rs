@@ -101,14 +101,21 @@ pub fn setup() -> Result<()> {
     run(Command::new("bash").arg(root().join("xtask/setup.sh")))
 }
 
-/// Builds the release agent (and with it the eBPF object).
+/// Builds the release agent (and with it the eBPF object) and CLI.
 pub fn build_release() -> Result<()> {
     run(Command::new("cargo").current_dir(root()).args([
         "build",
         "--release",
         "-p",
         "periscope-agent",
+        "-p",
+        "periscope-cli",
     ]))
+}
+
+/// Path of the release CLI binary.
+pub fn cli_bin() -> PathBuf {
+    target_dir().join("release/periscope")
 }
 
 /// Path of the release agent binary.
@@ -123,6 +130,7 @@ fn test(extra: &[String]) -> Result<()> {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root())
         .env("PERISCOPE_AGENT_BIN", agent_bin())
+        .env("PERISCOPE_CLI_BIN", cli_bin())
         .args([
             "test",
             "--workspace",
