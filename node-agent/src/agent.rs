@@ -175,6 +175,10 @@ pub struct State {
     pub revision: u64,
     /// Service addresses → (namespace, name), from the metadata sources.
     pub services: BTreeMap<IpAddr, (String, String)>,
+    /// Endpoint id → host interface name (filled by [`State::set_endpoint_ids`]).
+    ep_by_id: std::collections::HashMap<u32, String>,
+    /// Identity → label strings, computed once per state for the decoder's hot path.
+    labels_cache: std::collections::HashMap<u32, Vec<String>>,
 }
 
 impl State {
@@ -335,7 +339,7 @@ impl State {
                 },
             );
         }
-        let state = State {
+        let mut state = State {
             node: node.to_string(),
             cluster,
             identities,
@@ -352,7 +356,19 @@ impl State {
                 .collect(),
             revision: 0,
             services: remote.services.clone(),
+            ep_by_id: Default::default(),
+            labels_cache: Default::default(),
         };
+        let mut cache = std::collections::HashMap::new();
+        for id in state
+            .identities
+            .iter()
+            .map(|(id, _)| id)
+            .chain(state.cidr_identities.values().copied())
+        {
+            cache.insert(id, state.compute_identity_labels(id));
+        }
+        state.labels_cache = cache;
         (state, specs)
     }
 
@@ -361,18 +377,31 @@ impl State {
         for (ifname, id) in ids {
             if let Some(ep) = self.endpoints.get_mut(ifname) {
                 ep.id = *id;
+                self.ep_by_id.insert(*id, ifname.clone());
             }
         }
     }
 
+    /// The host interface name of endpoint `id`.
+    pub fn ifname_of(&self, id: u32) -> Option<&str> {
+        self.ep_by_id.get(&id).map(String::as_str)
+    }
+
     /// The endpoint with id `id`.
     pub fn endpoint_by_id(&self, id: u32) -> Option<&EndpointView> {
-        self.endpoints.values().find(|e| e.id == id)
+        self.ep_by_id.get(&id).and_then(|n| self.endpoints.get(n))
     }
 
     /// Labels of an identity as `source:key=value` strings (CIDR identities give `cidr:<prefix>`
     /// and `reserved:world`).
     pub fn identity_labels(&self, id: u32) -> Vec<String> {
+        match self.labels_cache.get(&id) {
+            Some(l) => l.clone(),
+            None => self.compute_identity_labels(id),
+        }
+    }
+
+    fn compute_identity_labels(&self, id: u32) -> Vec<String> {
         // A CIDR identity carries the labels of every policy prefix containing it (Cilium's
         // cidr: labels), so selectors of wider prefixes match it.
         if let Some((net, _)) = self.cidr_identities.iter().find(|(_, v)| **v == id) {

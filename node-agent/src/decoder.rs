@@ -31,11 +31,18 @@ fn ip_of(ev_flags: u8, a: &[u8; 16]) -> IpAddr {
     }
 }
 
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
 fn mac(m: &[u8; 6]) -> String {
-    format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        m[0], m[1], m[2], m[3], m[4], m[5]
-    )
+    let mut out = String::with_capacity(17);
+    for (i, b) in m.iter().enumerate() {
+        if i > 0 {
+            out.push(':');
+        }
+        out.push(HEX[(b >> 4) as usize] as char);
+        out.push(HEX[(b & 15) as usize] as char);
+    }
+    out
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -51,15 +58,23 @@ fn uuid() -> String {
         t ^ ((std::process::id() as u64) << 32)
     });
     let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    // Version-4 layout: 8-4-4-4-12 hex digits of (process base, counter).
     let hi = base.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    format!(
-        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
-        (hi >> 32) as u32,
-        (hi >> 16) as u16,
-        hi as u16 & 0xfff,
-        (n >> 48) as u16 & 0xfff,
-        n & 0xffff_ffff_ffff
-    )
+    let bytes: [u8; 16] = ((hi as u128) << 64 | n as u128).to_be_bytes();
+    let mut out = String::with_capacity(36);
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out.push('-');
+        }
+        let b = match i {
+            6 => (b & 0x0f) | 0x40,
+            8 => (b & 0x3f) | 0x80,
+            _ => *b,
+        };
+        out.push(HEX[(b >> 4) as usize] as char);
+        out.push(HEX[(b & 15) as usize] as char);
+    }
+    out
 }
 
 fn endpoint_for(state: &State, ip: IpAddr, identity: u32, local_id: Option<u32>) -> Endpoint {
@@ -235,15 +250,10 @@ pub fn decode(ev: &FlowEvent, state: &State, boot_offset_ns: i128) -> Flow {
         policy_match_type: ev.match_type as u32,
         interface: Some(NetworkInterface {
             index: ev.ifindex,
-            name: local
-                .and_then(|e| {
-                    state
-                        .endpoints
-                        .iter()
-                        .find(|(_, v)| v.id == e.id)
-                        .map(|(k, _)| k.clone())
-                })
-                .unwrap_or_default(),
+            name: state
+                .ifname_of(ev.ep_id as u32)
+                .unwrap_or_default()
+                .to_string(),
         }),
         uuid: uuid(),
         summary: summary(ev),

@@ -19,14 +19,16 @@
 //! so objects deleted while the source was away disappear. Nothing is published before every kind
 //! has been listed once (a pod without its namespace's labels would get a wrong identity). When
 //! the API server is unreachable the last view stays in force (`connected` false, `last_error`
-//! set) and each kind re-lists with exponential backoff and jitter; a `410 Gone` re-lists at once
-//! and a kind the server does not serve (`404`, e.g. Cilium's CRDs not installed) counts as empty
-//! and is looked for again every `backoff_max`.
+//! set) and each kind re-lists with exponential backoff and jitter. A `410 Gone` (expired
+//! watch) re-lists after the same backoff without counting as disconnected, and a kind the server
+//! does not serve (`404`, e.g. Cilium's CRDs not installed) counts as empty and is looked for
+//! again every `backoff_max`. A kind the server refuses (`403`, missing RBAC) stays failing: the
+//! source then never publishes its first view, and `last_error` says why.
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod as K8sPod, Service};
@@ -492,7 +494,7 @@ enum Msg {
     /// The kind was (re)listed: its objects, replacing all the previous ones.
     Synced(Kind, BTreeMap<String, Item>),
     /// An object was added or changed.
-    Put(Kind, String, Item),
+    Put(Kind, String, Box<Item>),
     /// An object was deleted (or stopped contributing, e.g. a finished pod).
     Remove(Kind, String),
     /// The kind's watch failed; it re-lists after a backoff.
@@ -516,7 +518,7 @@ impl Cache {
                 self.failing.remove(&kind);
             }
             Msg::Put(kind, key, item) => {
-                self.stores.entry(kind).or_default().insert(key, item);
+                self.stores.entry(kind).or_default().insert(key, *item);
             }
             Msg::Remove(kind, key) => {
                 self.stores.entry(kind).or_default().remove(&key);
@@ -584,11 +586,20 @@ impl Cache {
         out
     }
 
+    /// The failing kinds' errors, kinds with the same cause together (in an outage every kind
+    /// fails the same way): `Pod, Service: <cause>; …`.
     fn last_error(&self) -> Option<String> {
-        (!self.failing.is_empty()).then(|| {
-            self.failing
+        let mut by_cause: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (kind, e) in &self.failing {
+            // The watcher's own prefix ("failed to start watching object: ") differs between
+            // list and watch; the cause after it is what matters.
+            let cause = e.split_once(": ").map_or(e.as_str(), |(_, c)| c);
+            by_cause.entry(cause).or_default().push(kind.name());
+        }
+        (!by_cause.is_empty()).then(|| {
+            by_cause
                 .iter()
-                .map(|(k, e)| format!("{}: {e}", k.name()))
+                .map(|(cause, kinds)| format!("{}: {cause}", kinds.join(", ")))
                 .collect::<Vec<_>>()
                 .join("; ")
         })
@@ -660,14 +671,14 @@ pub async fn run(cfg: K8sConfig, view: SharedView) {
     let (tx, mut rx) = mpsc::channel(1024);
     let mut tasks = JoinSet::new();
     let backoff = || Backoff::new(cfg.backoff_base, cfg.backoff_max);
-    let absent_retry = cfg.backoff_max;
+    let max_delay = cfg.backoff_max;
     tasks.spawn(watch_kind(
         Kind::Pod,
         Api::<K8sPod>::all(client.clone()),
         |p: &K8sPod| pod_endpoint(p).map(|(_, ep)| Item::Endpoint(ep)),
         tx.clone(),
         backoff(),
-        absent_retry,
+        max_delay,
     ));
     tasks.spawn(watch_kind(
         Kind::Namespace,
@@ -675,7 +686,7 @@ pub async fn run(cfg: K8sConfig, view: SharedView) {
         |n: &Namespace| namespace_labels(n).map(|(_, l)| Item::Namespace(l)),
         tx.clone(),
         backoff(),
-        absent_retry,
+        max_delay,
     ));
     tasks.spawn(watch_kind(
         Kind::Service,
@@ -683,7 +694,7 @@ pub async fn run(cfg: K8sConfig, view: SharedView) {
         |s: &Service| service_addresses(s).map(|(svc, ips)| Item::Addresses(svc, ips)),
         tx.clone(),
         backoff(),
-        absent_retry,
+        max_delay,
     ));
     tasks.spawn(watch_kind(
         Kind::EndpointSlice,
@@ -691,7 +702,7 @@ pub async fn run(cfg: K8sConfig, view: SharedView) {
         |s: &EndpointSlice| endpoint_slice_addresses(s).map(|(svc, ips)| Item::Addresses(svc, ips)),
         tx.clone(),
         backoff(),
-        absent_retry,
+        max_delay,
     ));
     for kind in Kind::ALL {
         let Some(resource) = kind.policy_resource() else {
@@ -704,7 +715,7 @@ pub async fn run(cfg: K8sConfig, view: SharedView) {
             move |o: &DynamicObject| policy_document(&resource, o).map(|(_, d)| Item::Policy(d)),
             tx.clone(),
             backoff(),
-            absent_retry,
+            max_delay,
         ));
     }
     drop(tx);
@@ -731,14 +742,16 @@ pub async fn run(cfg: K8sConfig, view: SharedView) {
 }
 
 /// Watches one kind forever: each (re)list replaces the kind's objects; on an error the watcher
-/// is dropped and a new one re-lists after a backoff.
+/// is dropped and a new one re-lists after a backoff. The backoff starts over only when the
+/// failing watch had run for `max_delay` (a kind that lists but cannot watch does not re-list
+/// in a tight loop); a kind the server does not serve is looked for every `max_delay`.
 async fn watch_kind<K, F>(
     kind: Kind,
     api: Api<K>,
     convert: F,
     tx: mpsc::Sender<Msg>,
     mut backoff: Backoff,
-    absent_retry: Duration,
+    max_delay: Duration,
 ) where
     K: Resource + Clone + DeserializeOwned + fmt::Debug + Send + 'static,
     F: Fn(&K) -> Option<Item> + Send + 'static,
@@ -746,6 +759,7 @@ async fn watch_kind<K, F>(
     loop {
         let mut stream = std::pin::pin!(watcher::watcher(api.clone(), watcher::Config::default()));
         let mut listed: BTreeMap<String, Item> = BTreeMap::new();
+        let mut synced_at: Option<Instant> = None;
         let error = loop {
             let msg = match stream.next().await {
                 None => break None,
@@ -763,7 +777,7 @@ async fn watch_kind<K, F>(
                     continue;
                 }
                 Some(Ok(Event::InitDone)) => {
-                    backoff.reset();
+                    synced_at = Some(Instant::now());
                     tracing::debug!(kind = kind.name(), objects = listed.len(), "listed");
                     Msg::Synced(kind, std::mem::take(&mut listed))
                 }
@@ -772,7 +786,7 @@ async fn watch_kind<K, F>(
                         continue;
                     };
                     match convert(&obj) {
-                        Some(item) => Msg::Put(kind, key, item),
+                        Some(item) => Msg::Put(kind, key, Box::new(item)),
                         None => Msg::Remove(kind, key),
                     }
                 }
@@ -787,6 +801,9 @@ async fn watch_kind<K, F>(
                 return; // the source is gone
             }
         };
+        if synced_at.is_some_and(|t| t.elapsed() >= max_delay) {
+            backoff.reset();
+        }
         let delay = match error {
             Some(e) if api_status(&e) == Some(404) => {
                 tracing::info!(
@@ -796,11 +813,11 @@ async fn watch_kind<K, F>(
                 if tx.send(Msg::Synced(kind, BTreeMap::new())).await.is_err() {
                     return;
                 }
-                absent_retry
+                max_delay
             }
             Some(e) if api_status(&e) == Some(410) => {
                 tracing::debug!(kind = kind.name(), "watch expired (410 Gone); re-listing");
-                Duration::ZERO
+                backoff.next_delay()
             }
             other => {
                 let e = other
@@ -1097,7 +1114,7 @@ mod tests {
         c.apply(Msg::Put(
             Kind::Namespace,
             "shop".into(),
-            Item::Namespace(ns_labels()),
+            Box::new(Item::Namespace(ns_labels())),
         ));
         c.publish(&view);
         let v = view.snapshot();
@@ -1114,6 +1131,18 @@ mod tests {
         assert!(!v.connected);
         assert_eq!(v.last_error.as_deref(), Some("Pod: connection refused"));
         assert_eq!(v.pods.len(), 2);
+        // Kinds failing for the same cause are reported together.
+        c.apply(Msg::Failed(
+            Kind::Service,
+            "failed to perform initial object list: connection refused".into(),
+        ));
+        c.apply(Msg::Failed(Kind::Namespace, "403 forbidden".into()));
+        assert_eq!(
+            c.last_error().as_deref(),
+            Some("Namespace: 403 forbidden; Pod, Service: connection refused")
+        );
+        c.apply(Msg::Synced(Kind::Service, BTreeMap::new()));
+        c.apply(Msg::Synced(Kind::Namespace, BTreeMap::new()));
         c.apply(Msg::Synced(
             Kind::Pod,
             BTreeMap::from([("shop/a".into(), endpoint("shop", "a", "10.0.0.1"))]),
@@ -1132,12 +1161,18 @@ mod tests {
         c.apply(Msg::Put(
             Kind::EndpointSlice,
             "shop/web-1".into(),
-            Item::Addresses(svc("shop", "web"), vec![ip("10.0.1.10"), ip("10.96.0.10")]),
+            Box::new(Item::Addresses(
+                svc("shop", "web"),
+                vec![ip("10.0.1.10"), ip("10.96.0.10")],
+            )),
         ));
         c.apply(Msg::Put(
             Kind::Service,
             "shop/web".into(),
-            Item::Addresses(svc("shop", "web-front"), vec![ip("10.96.0.10")]),
+            Box::new(Item::Addresses(
+                svc("shop", "web-front"),
+                vec![ip("10.96.0.10")],
+            )),
         ));
         let s = c.services();
         assert_eq!(s[&ip("10.96.0.10")], svc("shop", "web-front"));
@@ -1157,8 +1192,8 @@ mod tests {
             #[cfg(not(feature = "k8s-tls"))]
             assert!(
                 client(&K8sConfig::new("https://127.0.0.1:6443"))
-                    .unwrap_err()
-                    .contains("k8s-tls")
+                    .err()
+                    .is_some_and(|e| e.contains("k8s-tls"))
             );
         });
         let mut cfg = K8sConfig::new("http://x");

@@ -8,7 +8,6 @@
 //!   namespace labels select (`{}` = every namespace; each namespace carries
 //!   `kubernetes.io/metadata.name`), both together AND;
 //! - `ipBlock` is a CIDR with `except`; ports default to TCP; `endPort` makes a range.
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use periscope_datapath_common as dp;
@@ -341,6 +340,7 @@ mod tests {
     use crate::identity::{Identities, pod_labels};
     use crate::policy::{EndpointCtx, Mode, PolicySet, Universe, compile};
     use periscope_datapath_common::PolicyKey;
+    use std::collections::BTreeMap;
 
     const NP: &str = r#"
 apiVersion: networking.k8s.io/v1

@@ -68,6 +68,17 @@ struct Args {
     /// Key prefix of the kvstore layout.
     #[arg(long, default_value = "cilium/state")]
     etcd_prefix: String,
+    /// Kubernetes API server URL (e.g. http://127.0.0.1:8001 or, with the k8s-tls feature,
+    /// https://…): watch Pods, Namespaces, Services, EndpointSlices, NetworkPolicies and
+    /// Cilium(Clusterwide)NetworkPolicies. During an outage the last state stays in force.
+    #[arg(long)]
+    k8s_api_server: Option<String>,
+    /// Bearer token file for the API server (re-read as it rotates).
+    #[arg(long)]
+    k8s_token_file: Option<PathBuf>,
+    /// CA bundle for an https API server.
+    #[arg(long)]
+    k8s_ca_file: Option<PathBuf>,
     /// Cluster id (0-255): the high bits of this cluster's security identities, so identities of
     /// different clusters never collide.
     #[arg(long, default_value_t = 0)]
@@ -253,10 +264,42 @@ async fn run(
             etcd_ids.clone(),
         ));
     }
-    let remote = || Remote {
-        pods: etcd_view.snapshot().pods.into_values().collect(),
-        identities: etcd_ids.lock().expect("identities").clone(),
-        services: Default::default(),
+    let k8s_view = SharedView::default();
+    if let Some(url) = &args.k8s_api_server {
+        let mut cfg = periscope_agent::k8s::K8sConfig::new(url.clone());
+        cfg.token_file = args.k8s_token_file.clone();
+        cfg.ca_file = args.k8s_ca_file.clone();
+        cfg.node = Some(args.node.clone());
+        periscope_agent::k8s::client(&cfg)
+            .map_err(anyhow::Error::msg)
+            .context("--k8s-api-server")?;
+        tokio::spawn(periscope_agent::k8s::run(cfg, k8s_view.clone()));
+    }
+    let remote = || {
+        let k = k8s_view.snapshot();
+        Remote {
+            pods: etcd_view
+                .snapshot()
+                .pods
+                .into_values()
+                .chain(k.pods.into_values())
+                .collect(),
+            identities: etcd_ids.lock().expect("identities").clone(),
+            services: k.services,
+        }
+    };
+    // Policies of the files plus those of the Kubernetes API.
+    let with_api_policies = |files: &PolicySet| -> std::result::Result<
+        PolicySet,
+        periscope_agent::policy::PolicyError,
+    > {
+        let k = k8s_view.snapshot();
+        if k.policies.is_empty() {
+            return Ok(files.clone());
+        }
+        let mut all = files.clone();
+        all.add_documents(k.policies.iter().map(|(key, v)| (key.as_str(), v)))?;
+        Ok(all)
     };
     let (mut state, specs) =
         State::build(&args.node, &topology, &remote(), policies.clone(), &build);
@@ -367,6 +410,7 @@ async fn run(
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
             _ = etcd_view.changed() => true,
+            _ = k8s_view.changed() => true,
         };
         if status_at.elapsed() >= Duration::from_secs(1) {
             let q = readers
@@ -418,13 +462,18 @@ async fn run(
                 }
             }
         }
-        let (mut new_state, specs) = State::build(
-            &args.node,
-            &last_good.0,
-            &remote(),
-            last_good.1.clone(),
-            &build,
-        );
+        let policies = match with_api_policies(&last_good.1) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "rejected a policy from the Kubernetes API; the policies in force stay");
+                progress.rejected += 1;
+                progress.error = Some(e.to_string());
+                status::write(&args.state_dir, &*state.read().await, &progress, None)?;
+                continue;
+            }
+        };
+        let (mut new_state, specs) =
+            State::build(&args.node, &last_good.0, &remote(), policies, &build);
         let applied = dp
             .sync_ipcache(&new_state.ipcache)
             .and_then(|_| dp.sync_endpoints(&specs));

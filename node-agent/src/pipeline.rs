@@ -93,10 +93,8 @@ pub async fn run(
             match e {
                 Event::Flow(f) => {
                     outputs.metrics.observe(f);
-                    if let Some(x) = outputs.exporter.as_mut() {
-                        if let Err(e) = x.flow(f) {
-                            tracing::warn!(error = %e, "flow export failed");
-                        }
+                    if let Some(Err(e)) = outputs.exporter.as_mut().map(|x| x.flow(f)) {
+                        tracing::warn!(error = %e, "flow export failed");
                     }
                     if let Some(w) = outputs.flow_log.as_mut() {
                         let _ = w.write_all(&f.encode_length_delimited_to_vec());

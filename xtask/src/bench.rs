@@ -44,7 +44,7 @@ use periscope_topology::Topology;
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// The benchmarks `cargo xtask bench` knows.
-const BENCHMARKS: &[&str] = &["datapath"];
+const BENCHMARKS: &[&str] = &["datapath", "agent"];
 
 /// Options of `cargo xtask bench`.
 #[derive(Debug, Args)]
@@ -108,6 +108,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     for b in selected {
         match b {
             "datapath" => datapath(&opts)?,
+            "agent" => agent(&opts)?,
             other => unreachable!("benchmark {other} is listed but not dispatched"),
         }
     }
@@ -1429,6 +1430,86 @@ fn command_line(program: &str, args: &[&str]) -> String {
                 .map(|l| l.trim().to_string())
         })
         .unwrap_or_else(|| "?".into())
+}
+
+/// `bench agent`: the agent's per-event hot path (decode + enrich, ring insert, filter) with
+/// criterion, reported as events per second on one core.
+fn agent(opts: &Opts) -> Result<()> {
+    let measure = if opts.reps <= 1 { "2" } else { "5" };
+    let out = Command::new("cargo")
+        .current_dir(crate::root())
+        .args([
+            "bench",
+            "-p",
+            "periscope-agent",
+            "--bench",
+            "pipeline",
+            "--",
+            "--warm-up-time",
+            "1",
+            "--measurement-time",
+            measure,
+        ])
+        .output()
+        .context("cargo bench")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "cargo bench failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // criterion prints `agent/<name>  time: [...]` then `thrpt: [lo mid hi]`.
+    let mut rows = Vec::new();
+    let mut name = None;
+    for line in text.lines() {
+        if let Some(n) = line
+            .split_whitespace()
+            .next()
+            .filter(|w| w.starts_with("agent/"))
+        {
+            name = Some(n.trim_start_matches("agent/").to_string());
+        }
+        if let (Some(n), Some(rest)) = (&name, line.trim().strip_prefix("thrpt:")) {
+            let parts: Vec<&str> = rest
+                .trim_matches(|c| c == ' ' || c == '[' || c == ']')
+                .split_whitespace()
+                .collect();
+            if parts.len() >= 4 {
+                rows.push((n.clone(), format!("{} {}", parts[2], parts[3])));
+                name = None;
+            }
+        }
+    }
+    let goal = 1.0e6;
+    let per_sec = |v: &str| -> f64 {
+        let mut it = v.split_whitespace();
+        let x: f64 = it.next().and_then(|x| x.parse().ok()).unwrap_or(0.0);
+        match it.next().unwrap_or("") {
+            "Gelem/s" => x * 1e9,
+            "Melem/s" => x * 1e6,
+            "Kelem/s" => x * 1e3,
+            _ => x,
+        }
+    };
+    let mut md = String::from("## Agent benchmark (`cargo xtask bench agent`)\n\n");
+    md += "Per-event hot path on one core (criterion, 1,024 synthetic events against a 200-pod state).\n\n";
+    md += "| Stage | Events/s | Goal | Result |\n|---|---:|---:|---|\n";
+    for (n, v) in &rows {
+        let (g, r) = if n == "decode+ring" {
+            (
+                "≥ 1,000,000".to_string(),
+                if per_sec(v) >= goal { "PASS" } else { "MISS" }.to_string(),
+            )
+        } else {
+            ("(reference)".into(), String::new())
+        };
+        md += &format!("| {n} | {v} | {g} | {r} |\n");
+    }
+    print!("{md}");
+    std::fs::create_dir_all(crate::root().join("artifacts/bench"))?;
+    std::fs::write(crate::root().join("artifacts/bench/agent.md"), md)?;
+    Ok(())
 }
 
 #[cfg(test)]

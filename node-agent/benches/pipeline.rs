@@ -1,0 +1,117 @@
+//! The agent's hot path per event: decode a raw datapath event into a Hubble flow (enriched from
+//! the agent's state), apply a request filter, and insert into the ring buffer. Run with
+//! `cargo xtask bench agent` (or `cargo bench -p periscope-agent --bench pipeline`).
+use std::path::Path;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use periscope_agent::agent::{BuildConfig, Remote, State};
+use periscope_agent::decoder;
+use periscope_agent::filters::FlowFilterSet;
+use periscope_agent::policy::PolicySet;
+use periscope_agent::ring::{Event, Ring};
+use periscope_datapath_common::{self as dp, FlowEvent};
+use periscope_proto::flow::FlowFilter;
+use periscope_topology::Topology;
+
+fn state() -> State {
+    let mut pods = String::from("nodes: [{name: n1}]\npods:\n");
+    for i in 0..200 {
+        pods += &format!(
+            "  - {{name: p{i}, namespace: ns{}, node: n1, labels: {{app: a{}}}, ips: [10.1.{}.{}]}}\n",
+            i % 10,
+            i % 20,
+            i / 250,
+            i % 250 + 1
+        );
+    }
+    let t = Topology::parse(&pods, Path::new("bench.yaml")).expect("topology");
+    let (mut s, specs) = State::build(
+        "n1",
+        &t,
+        &Remote::default(),
+        PolicySet::default(),
+        &BuildConfig::default(),
+    );
+    let ids = specs
+        .iter()
+        .enumerate()
+        .map(|(i, sp)| (sp.ifname.clone(), i as u32 + 1))
+        .collect();
+    s.set_endpoint_ids(&ids);
+    s
+}
+
+fn events(st: &State) -> Vec<FlowEvent> {
+    let eps: Vec<_> = st.endpoints.values().collect();
+    (0..1024)
+        .map(|i| {
+            let a = eps[i % eps.len()];
+            let b = eps[(i * 7 + 3) % eps.len()];
+            let mut ev = FlowEvent {
+                kind: if i % 5 == 0 {
+                    dp::msg::POLICY_VERDICT
+                } else {
+                    dp::msg::TRACE
+                },
+                version: dp::EVENT_VERSION,
+                verdict: dp::verdict::FORWARDED,
+                direction: dp::dir::INGRESS,
+                proto: dp::proto::TCP,
+                tcp_flags: dp::tcp::ACK | dp::tcp::PSH,
+                ep_id: b.id as u16,
+                src_identity: a.identity,
+                dst_identity: b.identity,
+                src_port: 40000 + i as u16,
+                dst_port: 8080,
+                ts_ns: 1_000_000 + i as u64,
+                flags: dp::EV_F_REPLY_KNOWN,
+                ..Default::default()
+            };
+            ev.src_ip[..4].copy_from_slice(&a.pod.ipv4().unwrap().octets());
+            ev.dst_ip[..4].copy_from_slice(&b.pod.ipv4().unwrap().octets());
+            ev
+        })
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let st = state();
+    let evs = events(&st);
+    let ring = Ring::new(4095).unwrap();
+    let filter = FlowFilterSet::compile(
+        &[FlowFilter {
+            source_pod: vec!["ns3/".into()],
+            ..Default::default()
+        }],
+        &[FlowFilter {
+            destination_port: vec!["22".into()],
+            ..Default::default()
+        }],
+    )
+    .unwrap();
+    let mut g = c.benchmark_group("agent");
+    g.throughput(Throughput::Elements(evs.len() as u64));
+    g.bench_function("decode", |b| {
+        b.iter(|| {
+            for ev in &evs {
+                std::hint::black_box(decoder::decode(ev, &st, 0));
+            }
+        })
+    });
+    g.bench_function("decode+ring", |b| {
+        b.iter(|| {
+            ring.write_batch(
+                evs.iter()
+                    .map(|ev| Event::Flow(decoder::decode(ev, &st, 0))),
+            )
+        })
+    });
+    let flows: Vec<_> = evs.iter().map(|ev| decoder::decode(ev, &st, 0)).collect();
+    g.bench_function("filter", |b| {
+        b.iter(|| flows.iter().filter(|f| filter.matches(f)).count())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
