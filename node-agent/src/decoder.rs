@@ -474,6 +474,20 @@ pods:
         );
     }
 
+    proptest::proptest! {
+        /// The fuzz target's property in CI: any 128+ byte sample with our version decodes and
+        /// renders without panicking (arbitrary kinds, reasons, addresses, ports, rule ids).
+        #[test]
+        fn arbitrary_samples_decode(mut bytes in proptest::collection::vec(proptest::num::u8::ANY, 128..200)) {
+            bytes[1] = dp::EVENT_VERSION;
+            let st = state();
+            let ev = crate::monitor::parse_sample(&bytes).expect("whole sample");
+            let f = decode(&ev, &st, 0);
+            let _ = compact(&f);
+            proptest::prop_assert!(f.event_type.is_some());
+        }
+    }
+
     #[test]
     fn trace_reply_and_ipv6() {
         let st = state();
