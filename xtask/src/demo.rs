@@ -234,6 +234,13 @@ fn print_where_to_look(topology: &Topology, detached: bool) {
     println!(
         "  pinned datapath: {BPFFS_DIR}/<node>  (bpftool map dump pinned {BPFFS_DIR}/node-1/ep/<ifname>/policy_<version>)"
     );
+    println!("  Hubble API of the agent: localhost:4244 (metrics :9965/metrics), e.g.");
+    println!(
+        "    target/release/periscope --server localhost:4244 observe --verdict DROPPED --last 20"
+    );
+    println!(
+        "    target/release/periscope --server localhost:4244 observe -n data -t policy-verdict --follow"
+    );
     println!(
         "  pod namespaces: ip netns list | grep ptdemo-   (e.g. ip netns exec ptdemo-frontend-1 …)"
     );
