@@ -158,6 +158,15 @@ fn parse_aggregation(s: &str) -> Result<u8, String> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    // Flows are allocated and freed at a high rate: keep freed memory in the heap instead of
+    // trimming it back to the kernel and faulting it in again (measured: page clearing and
+    // malloc consolidation were a third of the agent's CPU at 10k events/s).
+    // SAFETY: mallopt only tunes glibc's allocator; called before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TOP_PAD, 16 << 20);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
         .with_writer(std::io::stderr)

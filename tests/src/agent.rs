@@ -61,12 +61,24 @@ pub struct Agent {
     /// Flow log of the current run (length-delimited protobuf flows).
     pub flow_log: PathBuf,
     restarts: u32,
+    flow_log_enabled: bool,
 }
 
 impl Agent {
     /// Starts the agent for `node` with `policy` (YAML text, possibly empty) and extra flags,
     /// and waits until it is ready.
     pub fn start(tb: &Testbed, node: &str, policy: &str, extra: &[&str]) -> Agent {
+        Self::start_with(tb, node, policy, extra, true)
+    }
+
+    /// Like [`Agent::start`]; `flow_log` false runs without the flow log (for measurements).
+    pub fn start_with(
+        tb: &Testbed,
+        node: &str,
+        policy: &str,
+        extra: &[&str],
+        with_flow_log: bool,
+    ) -> Agent {
         let dir = std::env::temp_dir().join(format!("periscope-e2e-{}-{node}", tb.id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("scratch dir");
@@ -108,6 +120,7 @@ impl Agent {
             policy_path,
             flow_log,
             restarts: 0,
+            flow_log_enabled: with_flow_log,
         };
         a.spawn();
         a
@@ -122,8 +135,14 @@ impl Agent {
             .expect("stderr file");
         let child = Command::new(agent_bin())
             .args(&self.base_args)
-            .arg("--flow-log")
-            .arg(&self.flow_log)
+            .args(if self.flow_log_enabled {
+                vec![
+                    "--flow-log".to_string(),
+                    self.flow_log.display().to_string(),
+                ]
+            } else {
+                vec![]
+            })
             .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(out)
@@ -164,6 +183,11 @@ impl Agent {
     /// The agent's stdout (compact flow lines) of the current run.
     pub fn stdout(&self) -> String {
         fs::read_to_string(self.dir.join(format!("stdout.{}", self.restarts))).unwrap_or_default()
+    }
+
+    /// Process id of the running agent.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     /// Whether the process is still running.

@@ -1506,10 +1506,57 @@ fn agent(opts: &Opts) -> Result<()> {
         };
         md += &format!("| {n} | {v} | {g} | {r} |\n");
     }
+    md += &agent_cpu_at_fixed_rate(opts)?;
     print!("{md}");
     std::fs::create_dir_all(crate::root().join("artifacts/bench"))?;
     std::fs::write(crate::root().join("artifacts/bench/agent.md"), md)?;
     Ok(())
+}
+
+/// End to end on the test bed: the agent's CPU while the datapath reports a fixed 10,000
+/// events/s (UDP at 5,000 packets/s, monitor aggregation `none`: two trace events per packet).
+fn agent_cpu_at_fixed_rate(opts: &Opts) -> Result<String> {
+    use periscope_testbed::agent::Agent;
+    let topo = "nodes: [{name: n1}]\npods:\n  - {name: src, namespace: b, node: n1, labels: {app: src}, ips: [10.216.0.1]}\n  - {name: dst, namespace: b, node: n1, labels: {app: dst}, ips: [10.216.0.2]}\n";
+    let tb = periscope_testbed::Testbed::from_yaml(topo, Default::default())?;
+    let agent = Agent::start_with(
+        &tb,
+        "n1",
+        "",
+        &["--monitor-aggregation", "none", "--output", "none"],
+        false,
+    );
+    let pid = agent.pid().context("agent pid")?;
+    let secs = if opts.reps <= 1 { 5 } else { 10 };
+    let dst = tb.pod("b/dst").v4(9);
+    let before_events = agent.counters()["events_read"].as_u64().unwrap_or(0);
+    let cpu0 = process_cpu_secs(pid).context("agent cpu")?;
+    let start = Instant::now();
+    tb.pod("b/src").run(move || -> Result<()> {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        let period = Duration::from_micros(200); // 5,000 packets/s
+        let mut next = Instant::now();
+        let end = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < end {
+            let _ = s.send_to(b"periscope", dst);
+            next += period;
+            if let Some(d) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(d);
+            }
+        }
+        Ok(())
+    })?;
+    let elapsed = start.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(200));
+    let cpu = process_cpu_secs(pid).context("agent cpu")? - cpu0;
+    let events = agent.counters()["events_read"].as_u64().unwrap_or(0) - before_events;
+    let rate = events as f64 / elapsed;
+    let share = cpu / elapsed * 100.0;
+    Ok(format!(
+        "\nEnd to end (test bed, aggregation none, {secs} s): {rate:.0} events/s read; agent CPU {share:.1}% of one core \
+         (goal ≤ 5% at 10,000 flows/s: {}).\n",
+        if share <= 5.0 { "PASS" } else { "MISS" }
+    ))
 }
 
 #[cfg(test)]
