@@ -448,3 +448,63 @@ mod tests {
         assert_eq!(flow_type_label(&event(0, 0)), "UNKNOWN");
     }
 }
+
+/// Proleptic Gregorian calendar arithmetic for timestamps (H. Hinnant's algorithms), shared by
+/// the protojson Timestamp codec and the CLI's time parsing and formatting.
+pub mod calendar {
+    /// Whether `year` is a leap year.
+    pub fn is_leap(year: i64) -> bool {
+        year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
+    }
+
+    /// Days of `month` (1–12) in `year`.
+    pub fn days_in_month(year: i64, month: i64) -> i64 {
+        match month {
+            2 if is_leap(year) => 29,
+            2 => 28,
+            4 | 6 | 9 | 11 => 30,
+            _ => 31,
+        }
+    }
+
+    /// Days since 1970-01-01 of a date.
+    pub fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+        let y = if month <= 2 { year - 1 } else { year };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        era * 146_097 + doe - 719_468
+    }
+
+    /// The (year, month, day) of a day count since 1970-01-01 (inverse of [`days_from_civil`]).
+    pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        (yoe + era * 400 + i64::from(month <= 2), month, day)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn round_trips_and_known_dates() {
+            assert_eq!(days_from_civil(1970, 1, 1), 0);
+            assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+            assert_eq!(civil_from_days(-1), (1969, 12, 31));
+            for d in (-800_000..800_000).step_by(997) {
+                let (y, m, dd) = civil_from_days(d);
+                assert_eq!(days_from_civil(y, m, dd), d);
+                assert!(dd >= 1 && dd <= days_in_month(y, m));
+            }
+            assert!(is_leap(2000) && !is_leap(1900) && is_leap(2024));
+        }
+    }
+}
