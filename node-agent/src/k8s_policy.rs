@@ -16,7 +16,7 @@ use serde::Deserialize;
 use crate::identity::{LABEL_NAMESPACE, LABEL_NS_LABELS};
 use crate::policy::{
     CompiledRule, Expression, PeerSpec, Policy, PolicyError, Section, Selector, StrOrInt,
-    check_selector, parse_cidr,
+    check_selector, parse_cidr, port_range,
 };
 
 /// A NetworkPolicy document.
@@ -268,47 +268,8 @@ pub fn validate(doc: NetworkPolicyDoc, path: &Path) -> Result<Policy, PolicyErro
                         ));
                     }
                 };
-                let p: u16 = match &port.port {
-                    None => 0,
-                    Some(StrOrInt::Int(n)) if (1..=65535).contains(n) => *n as u16,
-                    Some(StrOrInt::Str(s)) if s.parse::<u16>().is_ok_and(|n| n > 0) => {
-                        s.parse().expect("checked")
-                    }
-                    Some(StrOrInt::Str(s)) if s.chars().any(|c| c.is_ascii_alphabetic()) => {
-                        return Err(invalid(
-                            format!("{pat}.port"),
-                            format!("named port {s:?} is not known (no named ports are declared)"),
-                        ));
-                    }
-                    Some(other) => {
-                        return Err(invalid(
-                            format!("{pat}.port"),
-                            format!("{other} is not a port (1-65535)"),
-                        ));
-                    }
-                };
-                let end = match port.end_port {
-                    None => p,
-                    Some(e) if p == 0 => {
-                        return Err(invalid(
-                            format!("{pat}.endPort"),
-                            format!("{e} needs a port"),
-                        ));
-                    }
-                    Some(e) if e > 65535 || (e as u16) < p => {
-                        return Err(invalid(
-                            format!("{pat}.endPort"),
-                            format!("{e} is not a port at or above {p}"),
-                        ));
-                    }
-                    Some(e) if e as u16 - p >= 8192 => {
-                        return Err(invalid(
-                            format!("{pat}.endPort"),
-                            format!("range {p}-{e} is wider than 8192 ports"),
-                        ));
-                    }
-                    Some(e) => e as u16,
-                };
+                let (p, end) = port_range(port.port.as_ref(), port.end_port, 1)
+                    .map_err(|(field, reason)| invalid(format!("{pat}.{field}"), reason))?;
                 spec.ports.push((p, end, proto));
             }
             peers.push(spec);

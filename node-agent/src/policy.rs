@@ -859,44 +859,8 @@ fn validate_peer(
         }
         for (j, pp) in tp.ports.iter().enumerate() {
             let f = format!("{at}.toPorts[{i}].ports[{j}]");
-            let port: u16 = match &pp.port {
-                StrOrInt::Int(n) if (0..=65535).contains(n) => *n as u16,
-                StrOrInt::Str(s) if s.parse::<u16>().is_ok() => s.parse().expect("checked"),
-                StrOrInt::Str(s) if s.chars().any(|c| c.is_ascii_alphabetic()) => {
-                    return Err((
-                        format!("{f}.port"),
-                        format!("named port {s:?} is not known (no named ports are declared)"),
-                    ));
-                }
-                other => {
-                    return Err((
-                        format!("{f}.port"),
-                        format!("{other} is not a port (0-65535)"),
-                    ));
-                }
-            };
-            let end = match pp.end_port {
-                None | Some(0) => port,
-                Some(e) if e > 65535 => {
-                    return Err((format!("{f}.endPort"), format!("{e} is not a port")));
-                }
-                Some(e) if (e as u16) < port => {
-                    return Err((format!("{f}.endPort"), format!("{e} is below port {port}")));
-                }
-                Some(e) if port == 0 => {
-                    return Err((
-                        format!("{f}.endPort"),
-                        format!("{e} given with port 0 (any)"),
-                    ));
-                }
-                Some(e) => e as u16,
-            };
-            if end - port >= 8192 {
-                return Err((
-                    format!("{f}.endPort"),
-                    format!("range {port}-{end} is wider than 8192 ports"),
-                ));
-            }
+            let (port, end) = port_range(Some(&pp.port), pp.end_port, 0)
+                .map_err(|(field, reason)| (format!("{f}.{field}"), reason))?;
             let protos: &[u8] = match pp
                 .protocol
                 .as_deref()
@@ -946,6 +910,48 @@ fn validate_peer(
         }
     }
     Ok(spec)
+}
+
+/// Validates a port (a number, a numeric string, or a name — names are not known yet) and an
+/// optional end port into an inclusive range. `min` is the smallest port number accepted: 0 for
+/// Cilium policies (0 = any port), 1 for Kubernetes NetworkPolicies (absent = any port).
+/// Errors name the sub-field (`port` or `endPort`) and the reason.
+pub(crate) fn port_range(
+    port: Option<&StrOrInt>,
+    end_port: Option<u32>,
+    min: u16,
+) -> Result<(u16, u16), (&'static str, String)> {
+    let p: u16 = match port {
+        None => 0,
+        Some(StrOrInt::Int(n)) if (i64::from(min)..=65535).contains(n) => *n as u16,
+        Some(StrOrInt::Str(s)) if s.parse::<u16>().is_ok_and(|n| n >= min) => {
+            s.parse().expect("checked")
+        }
+        Some(StrOrInt::Str(s)) if s.chars().any(|c| c.is_ascii_alphabetic()) => {
+            return Err((
+                "port",
+                format!("named port {s:?} is not known (no named ports are declared)"),
+            ));
+        }
+        Some(other) => return Err(("port", format!("{other} is not a port ({min}-65535)"))),
+    };
+    let end = match end_port {
+        None | Some(0) => p,
+        Some(e) if p == 0 => {
+            return Err(("endPort", format!("{e} needs a port (0 or none means any)")));
+        }
+        Some(e) if e > 65535 || (e as u16) < p => {
+            return Err(("endPort", format!("{e} is not a port at or above {p}")));
+        }
+        Some(e) => e as u16,
+    };
+    if end - p >= 8192 {
+        return Err((
+            "endPort",
+            format!("range {p}-{end} is wider than 8192 ports"),
+        ));
+    }
+    Ok((p, end))
 }
 
 fn icmp_type(v: &StrOrInt, v6: bool) -> Result<u8, String> {
