@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod datapath;
 pub mod decoder;
+pub mod dns;
 pub mod etcd;
 pub mod export;
 pub mod filters;

@@ -121,6 +121,19 @@ struct Args {
     /// Flows kept in the ring buffer for GetFlows (2^n - 1).
     #[arg(long, default_value_t = 4095)]
     ring_capacity: usize,
+    /// Name flows from observed DNS answers (the datapath captures UDP/53 packets; the agent
+    /// parses them, fills the DNS L7 record of DNS flows and source_names/destination_names of
+    /// later flows). `--dns-visibility=false` turns the enrichment off.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    dns_visibility: bool,
+    /// Seconds a name learned from a DNS answer stays attached to its address at least, even
+    /// when the answer's TTL is shorter (connections outlive lookups; like Cilium's
+    /// --tofqdns-min-ttl).
+    #[arg(long, default_value_t = 3600)]
+    dns_min_ttl: u64,
+    /// Most addresses the DNS name cache holds (the entries that expire first are evicted).
+    #[arg(long, default_value_t = 65536)]
+    dns_max_ips: usize,
     /// Export flows to this file as JSON lines (one observer.ExportEvent per line, Hubble's
     /// field names), rotated by size.
     #[arg(long)]
@@ -398,6 +411,12 @@ async fn run(
             ),
             None => None,
         },
+        dns: args.dns_visibility.then(|| {
+            periscope_agent::dns::DnsEnricher::new(periscope_agent::dns::DnsConfig {
+                min_ttl: Duration::from_secs(args.dns_min_ttl),
+                max_ips: args.dns_max_ips.max(1),
+            })
+        }),
     };
     status::write(&args.state_dir, &*state.read().await, &progress, None)?;
     let printer = tokio::spawn(pipeline::run(rx, state.clone(), ring.clone(), outputs));

@@ -14,10 +14,13 @@ use tokio::sync::mpsc;
 use crate::perf::PerfRing;
 
 /// What the readers deliver.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RawEvent {
     /// A flow event.
     Sample(FlowEvent),
+    /// A flow event followed by the packet bytes the datapath captured (DNS messages), from the
+    /// Ethernet header on.
+    Captured(FlowEvent, Box<[u8]>),
     /// The kernel's perf ring of `cpu` overwrote `count` samples.
     Lost {
         /// CPU of the ring.
@@ -49,6 +52,27 @@ pub fn parse_sample(buf: &[u8]) -> Option<FlowEvent> {
     // data (every bit pattern valid), and read_unaligned copes with any alignment.
     let ev: FlowEvent = unsafe { std::ptr::read_unaligned(buf.as_ptr().cast()) };
     (ev.version == EVENT_VERSION).then_some(ev)
+}
+
+/// Decodes one perf sample into a [`FlowEvent`] and the packet bytes captured after it (empty
+/// when none, or when the sample is shorter than the event says).
+pub fn parse_sample_with_payload(buf: &[u8]) -> Option<(FlowEvent, &[u8])> {
+    let ev = parse_sample(buf)?;
+    let start = std::mem::size_of::<FlowEvent>();
+    let payload = buf
+        .get(start..start + ev.cap_len as usize)
+        .unwrap_or_default();
+    Some((ev, payload))
+}
+
+/// The reader's value for one sample.
+pub fn raw_event(buf: &[u8]) -> Option<RawEvent> {
+    let (ev, payload) = parse_sample_with_payload(buf)?;
+    Some(if payload.is_empty() {
+        RawEvent::Sample(ev)
+    } else {
+        RawEvent::Captured(ev, payload.into())
+    })
 }
 
 /// Samples read per `read_events` call.
@@ -96,8 +120,8 @@ impl Readers {
                         }
                         let mut batch = Vec::with_capacity(BATCH + 1);
                         let mut malformed = 0;
-                        let r = ring.read(BATCH, |raw| match parse_sample(raw) {
-                            Some(ev) => batch.push(RawEvent::Sample(ev)),
+                        let r = ring.read(BATCH, |raw| match raw_event(raw) {
+                            Some(ev) => batch.push(ev),
                             None => malformed += 1,
                         });
                         if r.lost > 0 {

@@ -172,7 +172,8 @@ impl PerfRing {
     pub fn read(&mut self, max: usize, mut f: impl FnMut(&[u8])) -> ReadResult {
         let (head, mut tail) = self.positions();
         let mut res = ReadResult::default();
-        let mut buf = [0u8; 512];
+        // The largest sample: a flow event and a captured packet (see `CAPTURE_MAX`).
+        let mut buf = [0u8; 2048];
         while tail < head && res.samples < max {
             let mut hdr = [0u8; 8];
             self.copy_out(tail, &mut hdr);

@@ -25,6 +25,8 @@ pub struct Outputs {
     pub metrics: Metrics,
     /// JSON-lines flow export.
     pub exporter: Option<crate::export::Exporter>,
+    /// The DNS enricher (names from observed DNS answers); `None` turns that enrichment off.
+    pub dns: Option<crate::dns::DnsEnricher>,
 }
 
 impl Outputs {
@@ -77,14 +79,27 @@ pub async fn run(
             }
         }
         raws.sort_by_key(|r| match r {
-            RawEvent::Sample(ev) => ev.ts_ns,
+            RawEvent::Sample(ev) | RawEvent::Captured(ev, _) => ev.ts_ns,
             RawEvent::Lost { .. } => 0,
         });
         {
             let st = state.read().await;
             for raw in raws {
                 events.push(match raw {
-                    RawEvent::Sample(ev) => Event::Flow(decoder::decode(&ev, &st, boot_offset)),
+                    RawEvent::Sample(ev) => {
+                        let mut f = decoder::decode(&ev, &st, boot_offset);
+                        if let Some(d) = outputs.dns.as_mut() {
+                            d.enrich(&mut f, &ev, &[]);
+                        }
+                        Event::Flow(f)
+                    }
+                    RawEvent::Captured(ev, payload) => {
+                        let mut f = decoder::decode(&ev, &st, boot_offset);
+                        if let Some(d) = outputs.dns.as_mut() {
+                            d.enrich(&mut f, &ev, &payload);
+                        }
+                        Event::Flow(f)
+                    }
                     RawEvent::Lost { cpu, count } => perf_lost(cpu, count),
                 });
             }

@@ -28,6 +28,7 @@
 #![deny(unsafe_code)]
 
 pub mod agent;
+pub mod dns;
 mod ip;
 pub mod netns;
 pub mod servers;

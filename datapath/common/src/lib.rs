@@ -533,6 +533,11 @@ pub const EV_F_REPLY: u8 = 1 << 2;
 pub const EV_F_REPORT: u8 = 1 << 3;
 /// Event flag: the packet opened a new connection.
 pub const EV_F_NEW: u8 = 1 << 4;
+/// Most packet bytes appended to an event ([`FlowEvent::cap_len`]): Ethernet + IPv6 + UDP headers
+/// and a DNS message of up to 1024 bytes.
+pub const CAPTURE_MAX: u32 = 14 + 40 + 8 + 1024;
+/// The port whose UDP packets are captured for DNS visibility.
+pub const DNS_PORT: u16 = 53;
 
 /// One flow event: a trace (forwarded), drop or policy-verdict notification. Carries everything
 /// the agent's decoder needs to build a Hubble `Flow`.
@@ -565,8 +570,9 @@ pub struct FlowEvent {
     pub pad0: u8,
     /// Endpoint id of the program instance that saw the packet.
     pub ep_id: u16,
-    /// Always zero.
-    pub pad1: u16,
+    /// Bytes of the packet (from its Ethernet header) appended to the perf sample after this
+    /// event: DNS messages (UDP port 53) are captured for the agent's DNS enricher; 0 = none.
+    pub cap_len: u16,
     /// ifindex of the interface the program is attached to (host side of the veth).
     pub ifindex: u32,
     /// Source security identity.

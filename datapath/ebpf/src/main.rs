@@ -34,7 +34,7 @@ use periscope_datapath_common::{
     CT_F_AUDIT, CT_F_CLOSING_RX, CT_F_CLOSING_TX, CT_F_LOCAL_PEER, CT_F_SEEN_REPLY,
     CT_SCOPE_EGRESS, CT_SCOPE_INGRESS, CtEntry, CtKey, DatapathConfig, EP_F_AUDIT_EGRESS,
     EP_F_AUDIT_INGRESS, EP_F_HAS_IPV4, EP_F_HAS_IPV6, EV_F_IPV6, EV_F_NEW, EV_F_REPLY,
-    EV_F_REPLY_KNOWN, EV_F_REPORT, EVENT_VERSION, EndpointInfo, FlowEvent, IDENTITY_WORLD,
+    CAPTURE_MAX, DNS_PORT, EV_F_REPLY_KNOWN, EV_F_REPORT, EVENT_VERSION, EndpointInfo, FlowEvent, IDENTITY_WORLD,
     IPCACHE_F_LOCAL_ENDPOINT, IpcacheKey, IpcacheValue, MetricsValue, POLICY_F_DENY, PolicyEntry,
     PolicyKey, aggregation, capacity, dir, drop, family, match_type, metric, metrics_index, msg,
     obs, proto, tcp, verdict,
@@ -475,12 +475,29 @@ fn event(
 
 #[inline(always)]
 fn emit(ctx: &TcContext, ev: *mut FlowEvent, direction: u8) {
-    // SAFETY: `ev` points to the per-CPU scratch event; the helper copies it into the ring.
+    // DNS over UDP: the packet itself follows the event in the sample (the upper 32 bits of the
+    // flags are the number of skb bytes the helper appends), for the agent's DNS enricher.
+    // Policy verdicts are followed by a trace or drop of the same packet, which carries it.
+    // SAFETY: `ev` points to the per-CPU scratch event.
+    let capture = unsafe {
+        if (*ev).proto == proto::UDP
+            && (*ev).kind != msg::POLICY_VERDICT
+            && ((*ev).src_port == DNS_PORT || (*ev).dst_port == DNS_PORT)
+        {
+            let len = ctx.len().min(CAPTURE_MAX);
+            (*ev).cap_len = len as u16;
+            len as u64
+        } else {
+            0
+        }
+    };
+    // SAFETY: `ev` points to the per-CPU scratch event; the helper copies it (and `capture`
+    // bytes of the packet, at most its length) into the ring.
     let rc = unsafe {
         bpf_perf_event_output(
             ctx.as_ptr(),
             (&raw const EVENTS).cast_mut().cast(),
-            BPF_F_CURRENT_CPU,
+            BPF_F_CURRENT_CPU | (capture << 32),
             ev.cast(),
             core::mem::size_of::<FlowEvent>() as u64,
         )
@@ -759,9 +776,13 @@ fn process(ctx: &TcContext, pkt: &Packet, direction: u8) -> Result<i32, u8> {
         // Under aggregation a packet between two endpoints of this node is reported once, at
         // delivery (to-endpoint), like Cilium's aggregation of send-side traces.
         let reported_elsewhere = direction == dir::EGRESS && e.flags & CT_F_LOCAL_PEER != 0;
+        let dns = pkt.proto == proto::UDP && (pkt.sport == DNS_PORT || pkt.dport == DNS_PORT);
         match cfg.aggregation {
             aggregation::NONE => report = true,
             _ if reported_elsewhere => {}
+            // Every DNS message is reported (with its payload): the agent names addresses from
+            // the answers.
+            _ if dns => report = true,
             level => {
                 if new_conn || first_reply {
                     report = true;

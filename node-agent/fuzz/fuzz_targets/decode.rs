@@ -1,11 +1,12 @@
-//! Fuzzes the decoder with arbitrary perf samples: parse, then turn into a Hubble flow against a
-//! small state, then render it. Nothing may panic.
+//! Fuzzes the decoder with arbitrary perf samples: parse (with any captured packet after the
+//! event), turn into a Hubble flow against a small state, enrich with DNS, then render it.
+//! Nothing may panic.
 #![no_main]
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use periscope_agent::agent::{BuildConfig, Remote, State};
-use periscope_agent::{decoder, monitor, policy::PolicySet};
+use periscope_agent::{decoder, dns, monitor, policy::PolicySet};
 
 fn state() -> &'static State {
     static S: OnceLock<State> = OnceLock::new();
@@ -20,8 +21,9 @@ fn state() -> &'static State {
 }
 
 fuzz_target!(|data: &[u8]| {
-    if let Some(ev) = monitor::parse_sample(data) {
-        let f = decoder::decode(&ev, state(), 0);
+    if let Some((ev, payload)) = monitor::parse_sample_with_payload(data) {
+        let mut f = decoder::decode(&ev, state(), 0);
+        dns::DnsEnricher::new(dns::DnsConfig::default()).enrich(&mut f, &ev, payload);
         let _ = decoder::compact(&f);
     }
 });
