@@ -7,7 +7,7 @@ set -euo pipefail
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 # Debian packages used by the tests, the demo and the benchmarks.
-APT_PKGS=(iproute2 iperf3 bpftool iptables protobuf-compiler libprotobuf-dev python3 netcat-openbsd tcpdump etcd-server etcd-client)
+APT_PKGS=(iproute2 iperf3 bpftool iptables protobuf-compiler libprotobuf-dev python3 netcat-openbsd tcpdump etcd-server etcd-client clickhouse-server clickhouse-client python3-venv)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -42,6 +42,16 @@ if ! bpf-linker --version >/dev/null 2>&1; then
   log "building bpf-linker 0.13.0 against LLVM $major from the nightly toolchain"
   RUSTFLAGS="-C link-arg=-Wl,-rpath,$NS/lib" LLVM_PREFIX="$PREFIX" \
     cargo +stable install bpf-linker --version 0.13.0 --no-default-features --features "llvm-$major"
+fi
+
+# chdb-core (PyPI: ClickHouse 26.x in-process) for the storage tests' check of the modern SQL
+# dialect, in a venv of its own; the tests find it at $PERISCOPE_VENV (default below).
+CHDB_VERSION=26.9.0
+VENV="${PERISCOPE_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/periscope-venv}"
+if ! "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('chdb-core') != '$CHDB_VERSION')" 2>/dev/null; then
+  log "installing chdb-core $CHDB_VERSION into $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "chdb-core==$CHDB_VERSION"
 fi
 
 # bpffs for pinned maps and programs.

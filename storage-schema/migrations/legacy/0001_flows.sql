@@ -1,0 +1,130 @@
+-- 0001 flows (legacy dialect: ClickHouse 18.16 .. 23.7).
+--
+-- One row per Hubble flow: the columns are FlowRow's (src/row.rs), in the same order, and have the
+-- same names and the same RowBinary encoding as in the modern dialect, so one FlowRow and one set of
+-- queries serve both. Differences from modern: `time` is DateTime (seconds; the nanoseconds live in
+-- `time_ns`), no LowCardinality, no codecs, no TTL (retention drops whole day partitions, see
+-- `apply_retention`), no data-skipping indexes (experimental in 18.16).
+--
+-- Deduplication: ReplacingMergeTree whose sorting key ends with `uuid`. A replayed flow (same uuid)
+-- produces an identical row with an identical key, in the same day partition, and merges collapse
+-- the copies. Queries must not wait for merges: they count uniqExact(uuid) or read through
+-- `LIMIT 1 BY uuid` (see queries/).
+--
+-- Placeholders filled in by the crate: ${database}, ${on_cluster}.
+
+CREATE TABLE IF NOT EXISTS ${database}.flows${on_cluster}
+(
+    uuid String,
+    -- Flow.time as nanoseconds since the Unix epoch (UTC): the exact time, what FlowRow carries.
+    time_ns Int64,
+    -- Derived on insert; the partition, sorting and retention key. Seconds here, DateTime64(9) in modern.
+    time DateTime('UTC') DEFAULT toDateTime(intDiv(time_ns, 1000000000)),
+    cluster String,
+    node_name String,
+    verdict String,
+    drop_reason UInt32,
+    drop_reason_desc String,
+    auth_type String,
+    flow_type String,
+    event_type Int32,
+    event_sub_type Int32,
+    traffic_direction String,
+    trace_observation_point String,
+    debug_capture_point String,
+    sock_xlate_point String,
+    policy_match_type UInt32,
+    is_reply Nullable(UInt8),
+    reply UInt8,
+    ethernet_source String,
+    ethernet_destination String,
+    ip_version String,
+    source_ip String,
+    destination_ip String,
+    ip_encrypted UInt8,
+    protocol String,
+    source_port UInt32,
+    destination_port UInt32,
+    tcp_flags Array(String),
+    icmp_type UInt32,
+    icmp_code UInt32,
+    source_endpoint_id UInt32,
+    source_identity UInt32,
+    source_namespace String,
+    source_pod_name String,
+    source_labels Array(String),
+    source_workload String,
+    source_workload_kind String,
+    source_workload_names Array(String),
+    source_workload_kinds Array(String),
+    source_names Array(String),
+    source_service_name String,
+    source_service_namespace String,
+    destination_endpoint_id UInt32,
+    destination_identity UInt32,
+    destination_namespace String,
+    destination_pod_name String,
+    destination_labels Array(String),
+    destination_workload String,
+    destination_workload_kind String,
+    destination_workload_names Array(String),
+    destination_workload_kinds Array(String),
+    destination_names Array(String),
+    destination_service_name String,
+    destination_service_namespace String,
+    interface_index UInt32,
+    interface_name String,
+    proxy_port UInt32,
+    trace_id String,
+    socket_cookie UInt64,
+    cgroup_id UInt64,
+    ingress_allowed_by Array(String),
+    ingress_allowed_by_namespaces Array(String),
+    ingress_allowed_by_kinds Array(String),
+    ingress_allowed_by_revisions Array(UInt64),
+    ingress_allowed_by_labels Array(Array(String)),
+    egress_allowed_by Array(String),
+    egress_allowed_by_namespaces Array(String),
+    egress_allowed_by_kinds Array(String),
+    egress_allowed_by_revisions Array(UInt64),
+    egress_allowed_by_labels Array(Array(String)),
+    ingress_denied_by Array(String),
+    ingress_denied_by_namespaces Array(String),
+    ingress_denied_by_kinds Array(String),
+    ingress_denied_by_revisions Array(UInt64),
+    ingress_denied_by_labels Array(Array(String)),
+    egress_denied_by Array(String),
+    egress_denied_by_namespaces Array(String),
+    egress_denied_by_kinds Array(String),
+    egress_denied_by_revisions Array(UInt64),
+    egress_denied_by_labels Array(Array(String)),
+    l7_type String,
+    l7_protocol String,
+    l7_latency_ns UInt64,
+    dns_query String,
+    dns_ips Array(String),
+    dns_ttl UInt32,
+    dns_cnames Array(String),
+    dns_observation_source String,
+    dns_rcode UInt32,
+    dns_qtypes Array(String),
+    dns_rrtypes Array(String),
+    http_code UInt32,
+    http_method String,
+    http_url String,
+    http_protocol String,
+    http_header_keys Array(String),
+    http_header_values Array(String),
+    kafka_error_code Int32,
+    kafka_api_version Int32,
+    kafka_api_key String,
+    kafka_correlation_id Int32,
+    kafka_topic String,
+    summary String,
+    bytes UInt64,
+    packets UInt64
+)
+ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMMDD(time)
+ORDER BY (source_namespace, source_workload, time, uuid)
+SETTINGS index_granularity = 8192;

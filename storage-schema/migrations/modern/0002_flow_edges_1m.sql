@@ -1,0 +1,57 @@
+-- 0002 flow_edges_1m (modern dialect): service-map edges per minute, fed by a materialized view.
+--
+-- One row per (minute, cluster, source, destination, port, protocol, verdict) edge. Only L3/L4
+-- flows that are not replies count (a reply would draw the edge backwards). An end is named by its
+-- workload, else its pod, else its first `reserved:` label (reserved:world, reserved:host, ...):
+-- columns `source` and `destination`, each with its namespace (empty outside the cluster).
+--
+-- Replay safety: the counters are aggregate states that are idempotent under duplicates:
+-- uniqExact over flow uuids (a replayed flow adds a uuid that is already in the set), min and max
+-- of the flow time. So a replayed insert, which the view processes again, changes nothing. Read
+-- with uniqExactMerge / minMerge / maxMerge, grouping by the key (queries/service_map_edges.sql).
+-- Byte and packet sums are left out on purpose: they would count replays twice.
+--
+-- The view only sees flows inserted after it exists (no backfill). Same columns and types as the
+-- legacy table; LowCardinality, TTL and the same retention as `flows` added.
+
+CREATE TABLE IF NOT EXISTS ${database}.flow_edges_1m${on_cluster}
+(
+    minute DateTime('UTC') CODEC(Delta, ZSTD(1)),
+    cluster LowCardinality(String),
+    source_namespace LowCardinality(String),
+    source LowCardinality(String),
+    destination_namespace LowCardinality(String),
+    destination LowCardinality(String),
+    destination_port UInt32,
+    protocol LowCardinality(String),
+    verdict LowCardinality(String),
+    flows AggregateFunction(uniqExact, String),
+    first_seen_ns AggregateFunction(min, Int64),
+    last_seen_ns AggregateFunction(max, Int64)
+)
+ENGINE = AggregatingMergeTree
+PARTITION BY toYYYYMMDD(minute)
+ORDER BY (minute, cluster, source_namespace, source, destination_namespace, destination, destination_port, protocol, verdict)
+TTL minute + INTERVAL ${retention_days} DAY
+SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS ${database}.flow_edges_1m_mv${on_cluster}
+TO ${database}.flow_edges_1m
+AS SELECT
+    toStartOfMinute(toDateTime(intDiv(time_ns, 1000000000))) AS minute,
+    cluster,
+    source_namespace,
+    if(source_workload != '', source_workload,
+        if(source_pod_name != '', source_pod_name, arrayFirst(l -> l LIKE 'reserved:%', source_labels))) AS source,
+    destination_namespace,
+    if(destination_workload != '', destination_workload,
+        if(destination_pod_name != '', destination_pod_name, arrayFirst(l -> l LIKE 'reserved:%', destination_labels))) AS destination,
+    destination_port,
+    protocol,
+    verdict,
+    uniqExactState(uuid) AS flows,
+    minState(time_ns) AS first_seen_ns,
+    maxState(time_ns) AS last_seen_ns
+FROM ${database}.flows
+WHERE flow_type = 'L3_L4' AND ifNull(is_reply, 0) = 0
+GROUP BY minute, cluster, source_namespace, source, destination_namespace, destination, destination_port, protocol, verdict;

@@ -1,0 +1,31 @@
+-- Service-map edges in a window, from flow_edges_1m (per-minute aggregates of the MV).
+--
+-- One row per (cluster, source, destination, port, protocol, verdict) over the minutes that
+-- overlap the window, most flows first. Ends are named by workload, else pod, else their
+-- reserved: label (reserved:world, ...). Replies and L7 records are not counted.
+-- Parameters:
+--   since_ns, until_ns  Int64   window, Unix nanoseconds (whole minutes: the table's grain)
+--   limit               UInt32  at most this many rows
+-- Exact before merges: flows is uniqExactMerge over the uuid sets of the minutes, so replayed
+-- copies, inserted twice through the view, count once.
+--
+-- clickhouse-client --database periscope --param_since_ns=1700000000000000000 \
+--   --param_until_ns=1700003600000000000 --param_limit=1000 --queries-file service_map_edges.sql
+SELECT
+    cluster,
+    source_namespace,
+    source,
+    destination_namespace,
+    destination,
+    destination_port,
+    protocol,
+    verdict,
+    uniqExactMerge(flows) AS flows,
+    minMerge(first_seen_ns) AS first_seen_ns,
+    maxMerge(last_seen_ns) AS last_seen_ns
+FROM flow_edges_1m
+WHERE minute >= toStartOfMinute(toDateTime(intDiv({since_ns:Int64}, 1000000000)))
+    AND minute <= toDateTime(intDiv({until_ns:Int64}, 1000000000))
+GROUP BY cluster, source_namespace, source, destination_namespace, destination, destination_port, protocol, verdict
+ORDER BY flows DESC, cluster, source_namespace, source, destination_namespace, destination, destination_port, protocol, verdict
+LIMIT {limit:UInt32}

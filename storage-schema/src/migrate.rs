@@ -1,0 +1,592 @@
+//! Versioned migrations, `schema_migrations`, and retention.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clickhouse::Client;
+use periscope_proto::util::calendar;
+use serde::{Deserialize, Serialize};
+
+use crate::{Dialect, Error, Result, ServerVersion, ch_err, sqltext};
+
+/// One migration: the same version and name in both dialects.
+#[derive(Debug)]
+pub struct Migration {
+    /// Version; migrations apply in increasing order.
+    pub version: u32,
+    /// Name (the file is `NNNN_name.sql`).
+    pub name: &'static str,
+    /// `migrations/legacy/NNNN_name.sql`.
+    pub legacy: &'static str,
+    /// `migrations/modern/NNNN_name.sql`.
+    pub modern: &'static str,
+}
+
+impl Migration {
+    /// The file's text (a template, see [`render_migration`]) for a dialect.
+    pub fn template(&self, dialect: Dialect) -> &'static str {
+        match dialect {
+            Dialect::Legacy => self.legacy,
+            Dialect::Modern => self.modern,
+        }
+    }
+
+    /// FNV-1a of the template, recorded in `schema_migrations` to notice a shipped file that
+    /// changed after it was applied.
+    pub fn checksum(&self, dialect: Dialect) -> u64 {
+        self.template(dialect)
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            })
+    }
+}
+
+macro_rules! migration {
+    ($version:literal, $digits:literal, $name:literal) => {
+        Migration {
+            version: $version,
+            name: $name,
+            legacy: include_str!(concat!(
+                "../migrations/legacy/",
+                $digits,
+                "_",
+                $name,
+                ".sql"
+            )),
+            modern: include_str!(concat!(
+                "../migrations/modern/",
+                $digits,
+                "_",
+                $name,
+                ".sql"
+            )),
+        }
+    };
+}
+
+/// Every migration, in order (a unit test checks the digits match the version).
+pub const MIGRATIONS: &[Migration] = &[
+    migration!(1, "0001", "flows"),
+    migration!(2, "0002", "flow_edges_1m"),
+    migration!(3, "0003", "flows_denied"),
+];
+
+/// Tables that hold flows and are partitioned by day (`toYYYYMMDD`), with their TTL column
+/// expression in the modern dialect.
+const RETAINED_TABLES: [(&str, &str); 3] = [
+    ("flows", "toDateTime(time)"),
+    ("flows_denied", "toDateTime(time)"),
+    ("flow_edges_1m", "minute"),
+];
+
+/// Records applied migrations; the same DDL in both dialects. ReplacingMergeTree on `version`:
+/// two relays migrating at once may both record a version, and the copies collapse.
+const SCHEMA_MIGRATIONS_DDL: &str =
+    "CREATE TABLE IF NOT EXISTS ${database}.schema_migrations${on_cluster}
+(
+    version UInt32,
+    name String,
+    dialect String,
+    checksum UInt64,
+    applied_at DateTime DEFAULT now()
+)
+ENGINE = ReplacingMergeTree()
+ORDER BY version";
+
+fn default_database() -> String {
+    "periscope".into()
+}
+
+fn default_retention_days() -> u32 {
+    7
+}
+
+/// Where and how to create the schema.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateConfig {
+    /// Database holding Periscope's tables; created if missing. A bare identifier
+    /// (`[A-Za-z_][A-Za-z0-9_]*`). Default `periscope`.
+    #[serde(default = "default_database")]
+    pub database: String,
+    /// Days of flows to keep (at least 1). Modern servers get it as the tables' TTL; on legacy
+    /// servers [`apply_retention`] drops older day partitions. Default 7.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u32,
+    /// ClickHouse cluster (a `remote_servers` name) to run every DDL statement `ON CLUSTER`;
+    /// `None` for a single server. Tables stay local to each server (no Distributed table).
+    #[serde(default)]
+    pub cluster: Option<String>,
+}
+
+impl Default for MigrateConfig {
+    fn default() -> Self {
+        Self {
+            database: default_database(),
+            retention_days: default_retention_days(),
+            cluster: None,
+        }
+    }
+}
+
+impl MigrateConfig {
+    /// Checks the names and numbers that end up in DDL.
+    pub fn validate(&self) -> Result<()> {
+        validate_database(&self.database)?;
+        if self.retention_days == 0 {
+            return Err(Error::InvalidConfig {
+                what: "retention_days",
+                value: "0".into(),
+                reason: "must keep at least one day",
+            });
+        }
+        if let Some(cluster) = &self.cluster {
+            let ok = !cluster.is_empty()
+                && cluster.len() <= 128
+                && cluster
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            if !ok {
+                return Err(Error::InvalidConfig {
+                    what: "cluster",
+                    value: cluster.clone(),
+                    reason: "must be 1-128 characters of letters, digits, '_', '-' and '.'",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn on_cluster(&self) -> String {
+        self.cluster
+            .as_ref()
+            .map(|c| format!(" ON CLUSTER `{c}`"))
+            .unwrap_or_default()
+    }
+}
+
+pub(crate) fn validate_database(database: &str) -> Result<()> {
+    let ok = database.len() <= 128
+        && database
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && database
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidConfig {
+            what: "database",
+            value: database.to_owned(),
+            reason: "must be a bare identifier: [A-Za-z_][A-Za-z0-9_]*, at most 128 characters",
+        })
+    }
+}
+
+/// Fills in a template's `${database}`, `${on_cluster}` and `${retention_days}`.
+fn render(template: &str, config: &MigrateConfig) -> String {
+    template
+        .replace("${database}", &format!("`{}`", config.database))
+        .replace("${on_cluster}", &config.on_cluster())
+        .replace("${retention_days}", &config.retention_days.to_string())
+}
+
+/// The statements of a migration for a dialect and configuration, comments dropped, in order.
+pub fn render_migration(
+    migration: &Migration,
+    dialect: Dialect,
+    config: &MigrateConfig,
+) -> Result<Vec<String>> {
+    config.validate()?;
+    Ok(sqltext::split_statements(&render(
+        migration.template(dialect),
+        config,
+    )))
+}
+
+/// The statements [`migrate`] runs before any migration: the database and `schema_migrations`.
+pub fn bootstrap_statements(config: &MigrateConfig) -> Result<Vec<String>> {
+    config.validate()?;
+    Ok(vec![
+        format!(
+            "CREATE DATABASE IF NOT EXISTS `{}`{}",
+            config.database,
+            config.on_cluster()
+        ),
+        render(SCHEMA_MIGRATIONS_DDL, config),
+    ])
+}
+
+/// What [`migrate`] found and did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MigrateReport {
+    /// The server's version.
+    pub server_version: ServerVersion,
+    /// The dialect the server supports.
+    pub server_dialect: Dialect,
+    /// The dialect of the schema in the database: the one it was first created with (a legacy
+    /// schema stays legacy after a server upgrade; its DDL and queries run on modern servers).
+    pub schema_dialect: Dialect,
+    /// Versions applied by this call, in order.
+    pub applied: Vec<u32>,
+    /// Versions that were already there.
+    pub already_applied: Vec<u32>,
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct AppliedRow {
+    version: u32,
+    dialect: String,
+    checksum: u64,
+}
+
+/// Brings the schema in `config.database` up to date: creates the database and
+/// `schema_migrations` if missing, then applies every migration not recorded there, in order,
+/// each statement idempotent (`IF NOT EXISTS`), recording each migration after its last
+/// statement. Running it again is a no-op; a run cut short is finished by the next one.
+pub async fn migrate(client: &Client, config: &MigrateConfig) -> Result<MigrateReport> {
+    config.validate()?;
+    let client = crate::prepare_client(client.clone());
+    let (server_dialect, server_version) = Dialect::detect(&client).await?;
+    let db = &config.database;
+
+    for statement in bootstrap_statements(config)? {
+        client
+            .query_raw(&statement)
+            .execute()
+            .await
+            .map_err(ch_err(format!("creating {db} and {db}.schema_migrations")))?;
+    }
+
+    let applied: Vec<AppliedRow> = client
+        .query_raw(&format!(
+            "SELECT version, any(dialect) AS dialect, any(checksum) AS checksum \
+             FROM `{db}`.schema_migrations GROUP BY version ORDER BY version"
+        ))
+        .fetch_all()
+        .await
+        .map_err(ch_err(format!("reading {db}.schema_migrations")))?;
+
+    let schema_dialect = match applied.first() {
+        None => server_dialect,
+        Some(row) => {
+            Dialect::from_name(&row.dialect).ok_or_else(|| Error::UnknownRecordedDialect {
+                database: db.clone(),
+                dialect: row.dialect.clone(),
+            })?
+        }
+    };
+    if schema_dialect == Dialect::Modern && server_dialect == Dialect::Legacy {
+        return Err(Error::SchemaNeedsNewerServer {
+            database: db.clone(),
+            schema: schema_dialect,
+            server: server_version,
+        });
+    }
+    if schema_dialect != server_dialect {
+        tracing::info!(
+            database = %db,
+            server = %server_version,
+            schema = %schema_dialect,
+            "keeping the legacy schema on a modern server"
+        );
+    }
+
+    let mut report = MigrateReport {
+        server_version,
+        server_dialect,
+        schema_dialect,
+        applied: Vec::new(),
+        already_applied: Vec::new(),
+    };
+    for migration in MIGRATIONS {
+        if let Some(row) = applied.iter().find(|r| r.version == migration.version) {
+            let shipped = migration.checksum(schema_dialect);
+            if row.checksum != shipped {
+                tracing::warn!(
+                    database = %db,
+                    version = migration.version,
+                    name = migration.name,
+                    applied = row.checksum,
+                    shipped,
+                    "an applied migration's file has changed since; the change is not applied"
+                );
+            }
+            report.already_applied.push(migration.version);
+            continue;
+        }
+        let statements = render_migration(migration, schema_dialect, config)?;
+        for (i, statement) in statements.iter().enumerate() {
+            client
+                .query_raw(statement)
+                .execute()
+                .await
+                .map_err(|source| Error::Migration {
+                    version: migration.version,
+                    name: migration.name,
+                    dialect: schema_dialect,
+                    statement: i + 1,
+                    source,
+                })?;
+        }
+        client
+            .query(&format!(
+                "INSERT INTO `{db}`.schema_migrations (version, name, dialect, checksum) VALUES (?, ?, ?, ?)"
+            ))
+            .bind(migration.version)
+            .bind(migration.name)
+            .bind(schema_dialect.as_str())
+            .bind(migration.checksum(schema_dialect))
+            .execute()
+            .await
+            .map_err(ch_err(format!(
+                "recording migration {:04}_{} in {db}.schema_migrations",
+                migration.version, migration.name
+            )))?;
+        tracing::info!(
+            database = %db,
+            version = migration.version,
+            name = migration.name,
+            dialect = %schema_dialect,
+            "applied migration"
+        );
+        report.applied.push(migration.version);
+    }
+    Ok(report)
+}
+
+/// What [`apply_retention`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    /// `(table, partition id)` of each dropped day partition (legacy schema).
+    pub dropped_partitions: Vec<(String, String)>,
+    /// The TTL statements run (modern schema).
+    pub ttl_statements: Vec<String>,
+}
+
+/// The `ALTER TABLE ... MODIFY TTL` statements that set a modern schema's retention.
+pub fn modern_ttl_statements(config: &MigrateConfig) -> Result<Vec<String>> {
+    config.validate()?;
+    Ok(RETAINED_TABLES
+        .iter()
+        .map(|(table, column)| {
+            format!(
+                "ALTER TABLE `{}`.{table}{} MODIFY TTL {column} + INTERVAL {} DAY",
+                config.database,
+                config.on_cluster(),
+                config.retention_days
+            )
+        })
+        .collect())
+}
+
+/// `YYYYMMDD` of the oldest day partition to keep: the UTC day of `now - days`. Partitions of
+/// earlier days hold only flows older than `days` days.
+pub fn retention_cutoff_day(now: SystemTime, days: u32) -> u32 {
+    let secs = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+        - i64::from(days) * 86_400;
+    let (y, m, d) = calendar::civil_from_days(secs.div_euclid(86_400));
+    (y * 10_000 + m * 100 + d).clamp(0, i64::from(u32::MAX)) as u32
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct PartitionRow {
+    table: String,
+    partition_id: String,
+}
+
+/// Enforces `config.retention_days` on a schema of dialect `schema`.
+///
+/// - Legacy (no TTL): drops every day partition of `flows`, `flows_denied` and `flow_edges_1m`
+///   older than the cutoff ([`retention_cutoff_day`]). The relay calls this at start and then
+///   periodically (hourly is plenty: partitions are days).
+/// - Modern: sets the tables' TTL to the configured days (`MODIFY TTL`); the server then drops
+///   expired parts itself. Only needed when the retention changes after the first migration.
+pub async fn apply_retention(
+    client: &Client,
+    config: &MigrateConfig,
+    schema: Dialect,
+) -> Result<RetentionReport> {
+    config.validate()?;
+    let client = crate::prepare_client(client.clone());
+    let db = &config.database;
+    let mut report = RetentionReport::default();
+    match schema {
+        Dialect::Modern => {
+            for statement in modern_ttl_statements(config)? {
+                client
+                    .query_raw(&statement)
+                    .execute()
+                    .await
+                    .map_err(ch_err(format!("setting the TTL in {db}: {statement}")))?;
+                report.ttl_statements.push(statement);
+            }
+        }
+        Dialect::Legacy => {
+            let cutoff = retention_cutoff_day(SystemTime::now(), config.retention_days);
+            let parts: Vec<PartitionRow> = client
+                .query(
+                    "SELECT DISTINCT table, partition_id FROM system.parts \
+                     WHERE database = ? AND table IN ('flows', 'flows_denied', 'flow_edges_1m') \
+                     AND active ORDER BY table, partition_id",
+                )
+                .bind(db.as_str())
+                .fetch_all()
+                .await
+                .map_err(ch_err(format!("listing the partitions of {db}")))?;
+            for part in parts {
+                // Partition ids of toYYYYMMDD keys are the day's digits; anything else is not ours.
+                let Ok(day) = part.partition_id.parse::<u32>() else {
+                    continue;
+                };
+                if day >= cutoff {
+                    continue;
+                }
+                client
+                    .query(&format!(
+                        "ALTER TABLE `{db}`.`{}`{} DROP PARTITION ID ?",
+                        part.table,
+                        config.on_cluster()
+                    ))
+                    .bind(part.partition_id.as_str())
+                    .execute()
+                    .await
+                    .map_err(ch_err(format!(
+                        "dropping partition {} of {db}.{}",
+                        part.partition_id, part.table
+                    )))?;
+                tracing::info!(
+                    database = %db,
+                    table = %part.table,
+                    partition = %part.partition_id,
+                    "dropped an expired partition"
+                );
+                report
+                    .dropped_partitions
+                    .push((part.table, part.partition_id));
+            }
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn migrations_are_ordered_and_fully_rendered() {
+        let mut last = 0;
+        for m in MIGRATIONS {
+            assert!(m.version > last, "{} out of order", m.version);
+            let first_line = m.legacy.lines().next().unwrap();
+            assert!(
+                first_line.starts_with(&format!("-- {:04} {}", m.version, m.name)),
+                "{first_line}"
+            );
+            assert!(
+                m.modern
+                    .starts_with(&format!("-- {:04} {}", m.version, m.name))
+            );
+            last = m.version;
+            for dialect in [Dialect::Legacy, Dialect::Modern] {
+                let cfg = MigrateConfig {
+                    database: "db_x".into(),
+                    retention_days: 9,
+                    cluster: Some("main-1".into()),
+                };
+                let statements = render_migration(m, dialect, &cfg).unwrap();
+                assert!(!statements.is_empty());
+                for s in &statements {
+                    assert!(!s.contains("${"), "unrendered placeholder in {s}");
+                    assert!(!s.contains("--"), "comment left in {s}");
+                    assert!(s.contains("`db_x`."), "database not qualified in {s}");
+                    assert!(s.contains(" ON CLUSTER `main-1`"), "no ON CLUSTER in {s}");
+                    assert!(s.contains("IF NOT EXISTS"), "not idempotent: {s}");
+                }
+                if dialect == Dialect::Modern && m.version == 1 {
+                    assert!(statements[0].contains("INTERVAL 9 DAY"));
+                }
+                let single = render_migration(m, dialect, &MigrateConfig::default()).unwrap();
+                assert!(single.iter().all(|s| !s.contains("ON CLUSTER")));
+            }
+        }
+    }
+
+    #[test]
+    fn legacy_ddl_avoids_what_18_16_lacks() {
+        for m in MIGRATIONS {
+            for bad in [
+                "DateTime64",
+                "LowCardinality",
+                "TTL",
+                "CODEC",
+                "INDEX ",
+                "IPv6",
+                " Map(",
+                "SimpleAggregateFunction",
+                "${retention_days}",
+            ] {
+                assert!(
+                    !sqltext::strip_comments(m.legacy).contains(bad),
+                    "{:04}_{} legacy uses {bad}",
+                    m.version,
+                    m.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn config_is_validated() {
+        let ok = MigrateConfig::default();
+        ok.validate().unwrap();
+        for database in ["", "1db", "a-b", "a`b", "x; DROP TABLE y", "périscope"] {
+            let cfg = MigrateConfig {
+                database: database.into(),
+                ..ok.clone()
+            };
+            assert!(cfg.validate().is_err(), "{database:?} accepted");
+        }
+        let cfg = MigrateConfig {
+            retention_days: 0,
+            ..ok.clone()
+        };
+        assert!(cfg.validate().is_err());
+        let cfg = MigrateConfig {
+            cluster: Some("a` b".into()),
+            ..ok.clone()
+        };
+        assert!(cfg.validate().is_err());
+        let parsed: MigrateConfig =
+            serde_json::from_str(r#"{"database":"p2","retention_days":3}"#).unwrap();
+        assert_eq!(parsed.database, "p2");
+        assert!(serde_json::from_str::<MigrateConfig>(r#"{"retention":3}"#).is_err());
+    }
+
+    #[test]
+    fn cutoff_is_the_utc_day_of_now_minus_retention() {
+        // 2024-03-31T10:00:00Z
+        let now = UNIX_EPOCH + Duration::from_secs(1_711_879_200);
+        assert_eq!(retention_cutoff_day(now, 30), 20240301);
+        assert_eq!(retention_cutoff_day(now, 1), 20240330);
+        assert_eq!(retention_cutoff_day(now, 366), 20230331);
+    }
+
+    #[test]
+    fn modern_ttl_covers_every_table() {
+        let cfg = MigrateConfig {
+            retention_days: 3,
+            ..MigrateConfig::default()
+        };
+        let statements = modern_ttl_statements(&cfg).unwrap();
+        assert_eq!(statements.len(), 3);
+        assert!(statements[0].ends_with("flows MODIFY TTL toDateTime(time) + INTERVAL 3 DAY"));
+    }
+}

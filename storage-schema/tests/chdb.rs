@@ -1,0 +1,162 @@
+//! The modern dialect, checked in chdb-core (in-process ClickHouse 26.x, Python only): the modern
+//! DDL and every shipped query with server-side `{name:Type}` parameters, on the same seed and
+//! with the same expected results as the 18.16 test. See `tests/chdb_check.py`.
+//!
+//! The interpreter is `$PERISCOPE_VENV/bin/python`, default
+//! `${XDG_CACHE_HOME:-~/.cache}/periscope-venv/bin/python`, with `chdb-core` installed
+//! (`xtask/setup.sh` makes it).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clickhouse::Row;
+use periscope_storage::queries::modern_param_text;
+use periscope_storage::testing::full_flow;
+use periscope_storage::{
+    Dialect, FlowRow, MIGRATIONS, MigrateConfig, bootstrap_statements, modern_ttl_statements,
+    render_migration,
+};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use common::{Expected, SEC};
+
+fn venv_python() -> PathBuf {
+    let venv = std::env::var_os("PERISCOPE_VENV")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .map(|c| c.join("periscope-venv"))
+        })
+        .expect("neither PERISCOPE_VENV nor HOME is set");
+    let python = venv.join("bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run `cargo xtask setup` (a venv with chdb-core) or set PERISCOPE_VENV",
+        python.display()
+    );
+    python
+}
+
+/// Every statement `migrate` would run on an empty database, per migration.
+fn migrations(cfg: &MigrateConfig, dialect: Dialect) -> Vec<Vec<String>> {
+    let mut out = vec![bootstrap_statements(cfg).expect("bootstrap")];
+    for m in MIGRATIONS {
+        out.push(render_migration(m, dialect, cfg).expect("render"));
+    }
+    out
+}
+
+fn config(database: &str, retention_days: u32) -> MigrateConfig {
+    MigrateConfig {
+        database: database.into(),
+        retention_days,
+        cluster: None,
+    }
+}
+
+fn compare<T>(label: &str, id: &str, got: &Value, want: &[T])
+where
+    T: DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    let got: Vec<T> = serde_json::from_value(got.clone())
+        .unwrap_or_else(|e| panic!("{label} case {id}: rows do not fit: {e}\n{got:#}"));
+    assert_eq!(got, want, "{label} case {id}");
+}
+
+#[test]
+fn modern_ddl_and_every_query_run_in_chdb() {
+    let python = venv_python();
+    let t0 = common::base_time_ns();
+    let (seed, replay) = common::seed_batches(t0);
+    let cases = common::cases(t0);
+
+    let now_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let ttl_rows: Vec<FlowRow> = [("ttl-old", 40), ("ttl-new", 0)]
+        .into_iter()
+        .map(|(uuid, age_days)| {
+            let mut f = full_flow();
+            f.uuid = uuid.into();
+            f.time = Some(prost_types::Timestamp {
+                seconds: (now_ns - age_days * 86_400 * SEC) / SEC,
+                nanos: 0,
+            });
+            FlowRow::from_flow(&f, "c1")
+        })
+        .collect();
+
+    let plan = json!({
+        "modern_database": "periscope",
+        "legacy_database": "periscope_legacy",
+        "modern_migrations": migrations(&config("periscope", 30), Dialect::Modern),
+        "legacy_migrations": migrations(&config("periscope_legacy", 30), Dialect::Legacy),
+        "flow_columns": FlowRow::COLUMN_NAMES,
+        "seed": seed,
+        "replay": replay,
+        "cases": cases.iter().map(|c| json!({
+            "id": c.id,
+            "query": c.spec.name,
+            "sql": c.spec.sql,
+            "params": c.params.iter()
+                .map(|(name, value)| (name.to_string(), Value::from(modern_param_text(value))))
+                .collect::<serde_json::Map<_, _>>(),
+        })).collect::<Vec<_>>(),
+        "ttl_database": "periscope_ttl",
+        "ttl_migrations": migrations(&config("periscope_ttl", 30), Dialect::Modern),
+        "ttl_rows": ttl_rows,
+        "ttl_kept": ["ttl-new"],
+        "ttl_statements": modern_ttl_statements(&config("periscope_ttl", 5)).expect("ttl"),
+    });
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan_path = dir.path().join("plan.json");
+    let out_path = dir.path().join("results.json");
+    std::fs::write(&plan_path, serde_json::to_vec(&plan).unwrap()).expect("writing the plan");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/chdb_check.py");
+    let output = Command::new(&python)
+        .arg(&script)
+        .arg(&plan_path)
+        .arg(&out_path)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", python.display()));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "chdb_check.py failed ({}):\n{stderr}",
+        output.status
+    );
+    eprint!("{stderr}");
+
+    let results: Value =
+        serde_json::from_slice(&std::fs::read(&out_path).expect("reading results")).unwrap();
+    let engine = results["engine_version"].as_str().unwrap_or_default();
+    assert!(
+        engine.split('.').next().and_then(|m| m.parse::<u32>().ok()) >= Some(23),
+        "chdb runs ClickHouse {engine}, not a modern one"
+    );
+    for label in ["modern", "legacy_schema", "modern_merged"] {
+        let run = &results["results"][label];
+        for case in &cases {
+            let got = &run[case.id.as_str()];
+            assert!(got.is_array(), "{label}: no result for {}", case.id);
+            match &case.expected {
+                Expected::DeniedByPolicy(want) => compare(label, &case.id, got, want),
+                Expected::TopTalkers(want) => compare(label, &case.id, got, want),
+                Expected::NewWorldDestinations(want) => compare(label, &case.id, got, want),
+                Expected::DnsFailures(want) => compare(label, &case.id, got, want),
+                Expected::TcpResets(want) => compare(label, &case.id, got, want),
+                Expected::PodFlows(want) => compare(label, &case.id, got, want),
+                Expected::ServiceMapEdges(want) => compare(label, &case.id, got, want),
+                Expected::History(want) => compare(label, &case.id, got, want),
+            }
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! Against a real ClickHouse 18.16 (Debian's), each test on its own private server
+//! ([`TestServer`]): migrations, the FlowRow round trip, every shipped query on seeded flows
+//! (with replayed duplicates), hostile parameters, retention.
+
+mod common;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clickhouse::Client;
+use periscope_storage::queries::{HistoryFilter, Window};
+use periscope_storage::testing::{TestServer, full_flow};
+use periscope_storage::{
+    Dialect, Error, FlowRow, MigrateConfig, ParamValue, Queries, QuerySpec, apply_retention,
+    migrate,
+};
+
+use common::{Case, Expected, SEC};
+
+fn start() -> TestServer {
+    TestServer::start().unwrap_or_else(|e| panic!("starting a private clickhouse-server: {e}"))
+}
+
+fn config(database: &str, retention_days: u32) -> MigrateConfig {
+    MigrateConfig {
+        database: database.into(),
+        retention_days,
+        cluster: None,
+    }
+}
+
+async fn insert(client: &Client, database: &str, rows: &[FlowRow]) {
+    let client = client.clone().with_database(database);
+    let mut insert = client
+        .insert::<FlowRow>(periscope_storage::FLOWS_TABLE)
+        .await
+        .expect("starting an insert");
+    for row in rows {
+        insert.write(row).await.expect("writing a row");
+    }
+    insert.end().await.expect("finishing an insert");
+}
+
+async fn scalar_u64(client: &Client, sql: &str) -> u64 {
+    client
+        .query_raw(sql)
+        .fetch_one::<u64>()
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+async fn run_case(queries: &Queries, case: &Case) {
+    let query = queries
+        .prepare(&case.spec, &case.params)
+        .unwrap_or_else(|e| panic!("{}: {e}", case.id));
+    let id = &case.id;
+    macro_rules! check {
+        ($want:expr) => {
+            check(query, $want, id).await
+        };
+    }
+    match &case.expected {
+        Expected::DeniedByPolicy(want) => check!(want),
+        Expected::TopTalkers(want) => check!(want),
+        Expected::NewWorldDestinations(want) => check!(want),
+        Expected::DnsFailures(want) => check!(want),
+        Expected::TcpResets(want) => check!(want),
+        Expected::PodFlows(want) => check!(want),
+        Expected::ServiceMapEdges(want) => check!(want),
+        Expected::History(want) => check!(want),
+    }
+}
+
+async fn check<T>(query: clickhouse::query::Query, want: &[T], id: &str)
+where
+    T: clickhouse::RowOwned + clickhouse::RowRead + PartialEq + std::fmt::Debug,
+{
+    let got: Vec<T> = query
+        .fetch_all()
+        .await
+        .unwrap_or_else(|e| panic!("case {id}: {e}"));
+    assert_eq!(got, want, "case {id}");
+}
+
+#[tokio::test]
+async fn the_server_is_detected_as_legacy() {
+    let server = start();
+    let (dialect, version) = Dialect::detect(&server.client()).await.expect("detecting");
+    assert_eq!(dialect, Dialect::Legacy);
+    assert_eq!((version.major, version.minor), (18, 16), "{version}");
+}
+
+#[tokio::test]
+async fn migrations_apply_in_order_and_reapplying_is_a_noop() {
+    let server = start();
+    let client = server.client();
+    let cfg = config("periscope_m", 7);
+
+    let first = migrate(&client, &cfg).await.expect("first migrate");
+    assert_eq!(first.server_dialect, Dialect::Legacy);
+    assert_eq!(first.schema_dialect, Dialect::Legacy);
+    assert_eq!(first.applied, vec![1, 2, 3]);
+    assert!(first.already_applied.is_empty());
+
+    let second = migrate(&client, &cfg).await.expect("second migrate");
+    assert!(second.applied.is_empty(), "{second:?}");
+    assert_eq!(second.already_applied, vec![1, 2, 3]);
+
+    let tables: Vec<String> = client
+        .query_raw("SELECT name FROM system.tables WHERE database = 'periscope_m' ORDER BY name")
+        .fetch_all()
+        .await
+        .expect("listing tables");
+    assert_eq!(
+        tables,
+        [
+            "flow_edges_1m",
+            "flow_edges_1m_mv",
+            "flows",
+            "flows_denied",
+            "flows_denied_mv",
+            "schema_migrations"
+        ]
+    );
+    let recorded = scalar_u64(
+        &client,
+        "SELECT count() FROM periscope_m.schema_migrations WHERE dialect = 'legacy'",
+    )
+    .await;
+    assert_eq!(recorded, 3);
+
+    // A migration cut short (tables there, not recorded) is finished by the next run.
+    client
+        .query_raw("ALTER TABLE periscope_m.schema_migrations DELETE WHERE version = 3")
+        .execute()
+        .await
+        .expect("forgetting migration 3");
+    wait_for_mutations(&client, "periscope_m").await;
+    let third = migrate(&client, &cfg).await.expect("third migrate");
+    assert_eq!(third.applied, vec![3]);
+
+    // Another database on the same server is independent.
+    let other = migrate(&client, &config("periscope_other", 7))
+        .await
+        .expect("other db");
+    assert_eq!(other.applied, vec![1, 2, 3]);
+}
+
+async fn wait_for_mutations(client: &Client, database: &str) {
+    for _ in 0..100 {
+        let pending = scalar_u64(
+            client,
+            &format!(
+                "SELECT count() FROM system.mutations WHERE database = '{database}' AND is_done = 0"
+            ),
+        )
+        .await;
+        if pending == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("mutations in {database} did not finish");
+}
+
+#[tokio::test]
+async fn a_modern_schema_is_refused_on_a_legacy_server() {
+    let server = start();
+    let client = server.client();
+    let cfg = config("periscope_x", 7);
+    migrate(&client, &cfg).await.expect("migrate");
+    client
+        .query_raw("INSERT INTO periscope_x.schema_migrations (version, name, dialect, checksum) VALUES (0, 'x', 'modern', 0)")
+        .execute()
+        .await
+        .expect("faking a modern schema");
+    let err = migrate(&client, &cfg).await.expect_err("must refuse");
+    assert!(matches!(err, Error::SchemaNeedsNewerServer { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn flow_rows_round_trip_through_the_server() {
+    let server = start();
+    let client = server.client();
+    let cfg = config("periscope_rt", 7);
+    migrate(&client, &cfg).await.expect("migrate");
+
+    let mut full = full_flow();
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    full.time = Some(prost_types::Timestamp {
+        seconds: t.as_secs() as i64,
+        nanos: 987_654_321,
+    });
+    let sparse = periscope_proto::flow::Flow {
+        time: full.time,
+        uuid: "sparse-1".into(),
+        verdict: 42, // no name: stored as its number
+        ..Default::default()
+    };
+    let rows = [
+        FlowRow::from_flow(&full, "c1"),
+        FlowRow::from_flow(&sparse, "c1"),
+    ];
+    insert(&client, &cfg.database, &rows).await;
+
+    let queries = Queries::new(&client, &cfg.database, Dialect::Legacy).expect("queries");
+    let t_ns = periscope_storage::time_ns_of(full.time.as_ref());
+    let mut back = queries
+        .history(&HistoryFilter::window(
+            Window {
+                since_ns: t_ns,
+                until_ns: t_ns,
+            },
+            10,
+        ))
+        .await
+        .expect("history");
+    back.sort_by(|a, b| a.uuid.cmp(&b.uuid));
+    assert_eq!(back.len(), 2);
+    assert_eq!(back[0], rows[0], "the stored row differs");
+    assert_eq!(back[0].to_flow().expect("to_flow"), full);
+    assert_eq!(back[1].to_flow().expect("to_flow"), sparse);
+
+    // The table derives `time` (seconds) from time_ns; the day partition follows it.
+    let (secs, day): (u32, u32) = client
+        .query_raw("SELECT toUInt32(time), toYYYYMMDD(time) FROM periscope_rt.flows WHERE uuid = 'sparse-1'")
+        .fetch_one()
+        .await
+        .expect("reading time");
+    assert_eq!(i64::from(secs), t.as_secs() as i64);
+    assert_eq!(
+        day,
+        periscope_storage::retention_cutoff_day(UNIX_EPOCH + t, 0)
+    );
+}
+
+#[tokio::test]
+async fn shipped_queries_answer_exactly_on_seeded_flows_with_replays() {
+    let server = start();
+    let client = server.client();
+    let cfg = config("periscope_q", 30);
+    migrate(&client, &cfg).await.expect("migrate");
+
+    let t0 = common::base_time_ns();
+    let (rows, replay) = common::seed_batches(t0);
+    insert(&client, &cfg.database, &rows).await;
+    insert(&client, &cfg.database, &replay).await;
+    let stored = scalar_u64(&client, "SELECT count() FROM periscope_q.flows").await;
+    assert_eq!(
+        stored as usize,
+        rows.len() + replay.len(),
+        "replays are stored before merges"
+    );
+
+    let queries = Queries::new(&client, &cfg.database, Dialect::Legacy).expect("queries");
+    let cases = common::cases(t0);
+    for case in &cases {
+        run_case(&queries, case).await;
+    }
+
+    // Merges collapse the copies (ReplacingMergeTree keyed by uuid) and the answers stay.
+    for table in ["flows", "flows_denied", "flow_edges_1m"] {
+        client
+            .query_raw(&format!("OPTIMIZE TABLE periscope_q.{table} FINAL"))
+            .execute()
+            .await
+            .unwrap_or_else(|e| panic!("optimizing {table}: {e}"));
+    }
+    let merged = scalar_u64(&client, "SELECT count() FROM periscope_q.flows").await;
+    assert_eq!(merged as usize, rows.len());
+    for case in &cases {
+        run_case(&queries, case).await;
+    }
+}
+
+#[tokio::test]
+async fn hostile_strings_are_bound_as_data() {
+    let server = start();
+    let client = server.client();
+    let cfg = config("periscope_h", 7);
+    migrate(&client, &cfg).await.expect("migrate");
+    insert(
+        &client,
+        &cfg.database,
+        &common::seed_batches(common::base_time_ns()).0,
+    )
+    .await;
+    let queries = Queries::new(&client, &cfg.database, Dialect::Legacy).expect("queries");
+
+    // Each string comes back exactly as sent: it was a literal, not SQL.
+    const ECHO: QuerySpec = QuerySpec {
+        name: "echo",
+        // A bound number is a plain literal on 18.16 (its type is the literal's, e.g. UInt8), so
+        // the shipped queries use numeric parameters only in comparisons and LIMIT.
+        sql: "SELECT {s:String} AS s, length({s:String}) AS n, toUInt32({limit:UInt32}) AS l",
+    };
+    let mut strings: Vec<&str> = common::HOSTILE.to_vec();
+    strings.extend([common::EVIL_POD, "", "é ✓ \u{1}\0", "??", "'''", "\\\\'"]);
+    for s in strings {
+        let (echo, n, _): (String, u64, u32) = queries
+            .prepare(&ECHO, &[("s", s.into()), ("limit", ParamValue::UInt(1))])
+            .expect("binding")
+            .fetch_one()
+            .await
+            .unwrap_or_else(|e| panic!("echo of {s:?}: {e}"));
+        assert_eq!(echo, s);
+        assert_eq!(n as usize, s.len());
+    }
+
+    // A string where a number goes is refused before anything is sent.
+    let Err(err) = queries.prepare(
+        &ECHO,
+        &[("s", "x".into()), ("limit", "1; DROP TABLE flows".into())],
+    ) else {
+        panic!("a string bound to a UInt32 parameter");
+    };
+    assert!(matches!(err, Error::Param { .. }), "{err}");
+
+    let n = scalar_u64(&client, "SELECT count() FROM periscope_h.flows").await;
+    assert_eq!(
+        n as usize,
+        common::seed_flows(0).len(),
+        "the table is intact"
+    );
+}
+
+#[tokio::test]
+async fn retention_drops_expired_day_partitions() {
+    let server = start();
+    let client = server.client();
+    let cfg = config("periscope_r", 30);
+    migrate(&client, &cfg).await.expect("migrate");
+
+    let now_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let day = 86_400 * SEC;
+    let mut rows = Vec::new();
+    for (uuid, age_days) in [("old-40", 40), ("old-32", 32), ("new-1", 1), ("new-0", 0)] {
+        let mut f = full_flow();
+        f.uuid = uuid.into();
+        f.time = Some(prost_types::Timestamp {
+            seconds: (now_ns - age_days * day) / SEC,
+            nanos: 0,
+        });
+        f.is_reply = Some(false);
+        f.r#type = periscope_proto::flow::FlowType::L3L4 as i32;
+        rows.push(FlowRow::from_flow(&f, "c1"));
+    }
+    insert(&client, &cfg.database, &rows).await;
+    // The full flow is denied and L3/L4: every retained table got rows of all four days.
+    for table in ["flows", "flows_denied", "flow_edges_1m"] {
+        let parts = scalar_u64(
+            &client,
+            &format!("SELECT uniqExact(partition_id) FROM system.parts WHERE database = 'periscope_r' AND table = '{table}' AND active"),
+        )
+        .await;
+        assert_eq!(parts, 4, "{table}");
+    }
+
+    let report = apply_retention(&client, &cfg, Dialect::Legacy)
+        .await
+        .expect("retention");
+    assert_eq!(report.dropped_partitions.len(), 6, "{report:?}");
+    let mut uuids: Vec<String> = client
+        .query_raw("SELECT uuid FROM periscope_r.flows ORDER BY uuid")
+        .fetch_all()
+        .await
+        .expect("reading");
+    uuids.sort();
+    assert_eq!(uuids, ["new-0", "new-1"]);
+    let denied = scalar_u64(&client, "SELECT count() FROM periscope_r.flows_denied").await;
+    assert_eq!(denied, 2);
+
+    let again = apply_retention(&client, &cfg, Dialect::Legacy)
+        .await
+        .expect("retention again");
+    assert!(again.dropped_partitions.is_empty(), "{again:?}");
+}
