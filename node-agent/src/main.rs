@@ -8,6 +8,7 @@ use clap::Parser;
 use periscope_agent::agent::{BuildConfig, Enforcement, LabelFilter, Remote, State, fingerprint};
 use periscope_agent::datapath::{Datapath, boottime_ns};
 use periscope_agent::etcd;
+use periscope_agent::events::{self, AgentEventRing};
 use periscope_agent::monitor::{RawEvent, Readers};
 use periscope_agent::observer::{ObserverService, PeerService};
 use periscope_agent::pipeline::{self, Outputs};
@@ -121,6 +122,10 @@ struct Args {
     /// Flows kept in the ring buffer for GetFlows (2^n - 1).
     #[arg(long, default_value_t = 4095)]
     ring_capacity: usize,
+    /// Agent events (policy, endpoint and ipcache changes, agent start) kept for
+    /// GetAgentEvents; the oldest are dropped first.
+    #[arg(long, default_value_t = 4096)]
+    agent_events_capacity: usize,
     /// Name flows from observed DNS answers (the datapath captures UDP/53 packets; the agent
     /// parses them, fills the DNS L7 record of DNS flows and source_names/destination_names of
     /// later flows). `--dns-visibility=false` turns the enrichment off.
@@ -156,6 +161,16 @@ struct Args {
     log: String,
 }
 
+/// Logs the named-port warnings of `new` that `old` did not have: once while each holds.
+fn warn_named_ports(old: &State, new: &State) {
+    for w in new
+        .named_port_warnings
+        .difference(&old.named_port_warnings)
+    {
+        tracing::warn!(warning = %w, "named port not defined by any endpoint");
+    }
+}
+
 fn parse_mode(s: &str) -> Result<Mode, String> {
     s.parse()
 }
@@ -169,17 +184,14 @@ fn parse_aggregation(s: &str) -> Result<u8, String> {
     }
 }
 
+/// Flows are many small allocations made and freed at a high rate; mimalloc's per-thread free
+/// lists handle that at a fraction of glibc malloc's cost (measured with `cargo xtask bench
+/// agent`: glibc's consolidation and free paths were a third of the agent's CPU at 10k events/s).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<()> {
     let args = Args::parse();
-    // Flows are allocated and freed at a high rate: keep freed memory in the heap instead of
-    // trimming it back to the kernel and faulting it in again (measured: page clearing and
-    // malloc consolidation were a third of the agent's CPU at 10k events/s).
-    // SAFETY: mallopt only tunes glibc's allocator; called before any thread exists.
-    unsafe {
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
-        libc::mallopt(libc::M_TOP_PAD, 16 << 20);
-    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
         .with_writer(std::io::stderr)
@@ -323,6 +335,7 @@ async fn run(
         all.add_documents(k.policies.iter().map(|(key, v)| (key.as_str(), v)))?;
         Ok(all)
     };
+    let started = events::now();
     let (mut state, specs) =
         State::build(&args.node, &topology, &remote(), policies.clone(), &build);
     let mut last_good = (topology, policies);
@@ -330,6 +343,11 @@ async fn run(
     let ids = dp.sync_endpoints(&specs)?;
     state.set_endpoint_ids(&ids);
     state.revision = 1;
+    // Agent events: what the agent started with, then the start itself (Cilium's order).
+    let agent_events = AgentEventRing::new(args.agent_events_capacity);
+    warn_named_ports(&State::default(), &state);
+    agent_events.push(events::diff(&State::default(), &state));
+    agent_events.push([events::agent_started(started)]);
     let mut progress = status::Progress {
         revision: 1,
         ..Default::default()
@@ -358,7 +376,12 @@ async fn run(
             tonic_health::ServingStatus::Serving,
         )
         .await;
-    let observer = ObserverService::new(ring.clone(), state.clone(), advertise.clone());
+    let observer = ObserverService::new(
+        ring.clone(),
+        agent_events.clone(),
+        state.clone(),
+        advertise.clone(),
+    );
     let peer = PeerService::new(state.clone(), advertise.clone());
     tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
@@ -511,6 +534,11 @@ async fn run(
                 progress.revision += 1;
                 new_state.revision = progress.revision;
                 progress.error = None;
+                {
+                    let old = state.read().await;
+                    warn_named_ports(&old, &new_state);
+                    agent_events.push(events::diff(&old, &new_state));
+                }
                 status::write(&args.state_dir, &new_state, &progress, None)?;
                 tracing::info!(
                     revision = progress.revision,

@@ -1,4 +1,4 @@
-//! Perf-ring readers: one thread per CPU reads raw flow events and hands them on without ever
+//! The perf-ring reader: one thread reads the raw flow events of every CPU and hands them on without ever
 //! blocking. Samples the kernel could not write (ring full) and samples our queue had no room for
 //! are counted and handed on as lost-event notices.
 use std::sync::Arc;
@@ -75,9 +75,9 @@ pub fn raw_event(buf: &[u8]) -> Option<RawEvent> {
     })
 }
 
-/// Samples read per `read_events` call.
+/// Samples read from one CPU's ring per pass.
 const BATCH: usize = 128;
-/// Sleep of a reader whose ring was empty.
+/// Sleep of the reader when every ring was empty.
 pub const IDLE_SLEEP: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Running readers; dropping it stops them.
@@ -90,13 +90,16 @@ pub struct Readers {
 }
 
 impl Readers {
-    /// Opens the per-CPU rings of `events` (`pages` pages each) and starts one reader per CPU,
-    /// delivering batches into `tx` with `try_send` (a full queue counts the batch's events as
-    /// lost, it never blocks).
+    /// Opens the per-CPU rings of `events` (`pages` pages each) and starts the reader, which
+    /// delivers batches into `tx` with `try_send` (a full queue counts the batch's events as lost,
+    /// it never blocks).
     ///
-    /// The readers do not sleep in `poll()`: the kernel would wake them for every single sample.
-    /// They drain their ring, and sleep [`IDLE_SLEEP`] only when it was empty, which bounds the
-    /// added latency while costing nothing per event.
+    /// One thread reads every CPU's ring in turn, like Cilium's single perf reader: a batch then
+    /// holds the events of all CPUs from the same interval (the pipeline orders them by time),
+    /// and an idle node costs one wake-up per interval, not one per CPU. The reader does not
+    /// sleep in `poll()` (the kernel would wake it for every sample): it drains the rings and
+    /// sleeps [`IDLE_SLEEP`] when they were all empty, which bounds the added latency while
+    /// costing nothing per event.
     pub fn start(
         events: MapData,
         pages: usize,
@@ -106,43 +109,21 @@ impl Readers {
         let stats = Arc::new(MonitorStats::default());
         let cpus = aya::util::online_cpus().map_err(|(_, e)| e)?;
         let map_fd = events.fd().as_fd().as_raw_fd();
-        let mut threads = Vec::new();
+        let mut rings = Vec::with_capacity(cpus.len());
         for cpu in cpus {
-            let mut ring = PerfRing::open(map_fd, cpu, pages)?;
-            let (stop, stats, tx) = (stop.clone(), stats.clone(), tx.clone());
-            let t = std::thread::Builder::new()
-                .name(format!("perf-reader-{cpu}"))
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        if !ring.readable() {
-                            std::thread::sleep(IDLE_SLEEP);
-                            continue;
-                        }
-                        let mut batch = Vec::with_capacity(BATCH + 1);
-                        let mut malformed = 0;
-                        let r = ring.read(BATCH, |raw| match raw_event(raw) {
-                            Some(ev) => batch.push(ev),
-                            None => malformed += 1,
-                        });
-                        if r.lost > 0 {
-                            stats.lost_ring.fetch_add(r.lost, Ordering::Relaxed);
-                            batch.push(RawEvent::Lost { cpu, count: r.lost });
-                        }
-                        stats.malformed.fetch_add(malformed, Ordering::Relaxed);
-                        stats.read.fetch_add(r.samples as u64, Ordering::Relaxed);
-                        let n = batch.len() as u64;
-                        if n > 0 && tx.try_send(batch).is_err() {
-                            stats.lost_queue.fetch_add(n, Ordering::Relaxed);
-                        }
-                    }
-                })?;
-            threads.push(t);
+            rings.push((cpu, PerfRing::open(map_fd, cpu, pages)?));
         }
-        // The map fd stays open while the readers run: the kernel removes the rings a map fd
+        let t = {
+            let (stop, stats) = (stop.clone(), stats.clone());
+            std::thread::Builder::new()
+                .name("perf-reader".into())
+                .spawn(move || read_loop(&mut rings, &stop, &stats, &tx))?
+        };
+        // The map fd stays open while the reader runs: the kernel removes the rings a map fd
         // registered when that fd is closed.
         Ok(Readers {
             stop,
-            threads,
+            threads: vec![t],
             stats,
             _map: events,
         })
@@ -153,6 +134,45 @@ impl Readers {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+    }
+}
+
+fn read_loop(
+    rings: &mut [(u32, PerfRing)],
+    stop: &AtomicBool,
+    stats: &MonitorStats,
+    tx: &mpsc::Sender<Vec<RawEvent>>,
+) {
+    // The batch size follows the recent rate, so a batch is allocated once at the right size.
+    let mut expect = BATCH;
+    while !stop.load(Ordering::Relaxed) {
+        if !rings.iter().any(|(_, r)| r.readable()) {
+            std::thread::sleep(IDLE_SLEEP);
+            continue;
+        }
+        let mut batch = Vec::with_capacity(expect);
+        let (mut read, mut malformed) = (0u64, 0u64);
+        for (cpu, ring) in rings.iter_mut() {
+            let r = ring.read(BATCH, |raw| match raw_event(raw) {
+                Some(ev) => batch.push(ev),
+                None => malformed += 1,
+            });
+            if r.lost > 0 {
+                stats.lost_ring.fetch_add(r.lost, Ordering::Relaxed);
+                batch.push(RawEvent::Lost {
+                    cpu: *cpu,
+                    count: r.lost,
+                });
+            }
+            read += r.samples as u64;
+        }
+        stats.malformed.fetch_add(malformed, Ordering::Relaxed);
+        stats.read.fetch_add(read, Ordering::Relaxed);
+        let n = batch.len();
+        expect = (n + n / 4 + 1).clamp(8, BATCH * rings.len().max(1));
+        if n > 0 && tx.try_send(batch).is_err() {
+            stats.lost_queue.fetch_add(n as u64, Ordering::Relaxed);
         }
     }
 }
