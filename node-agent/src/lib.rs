@@ -6,7 +6,8 @@ pub mod decoder;
 pub mod dns;
 pub mod etcd;
 pub mod export;
-pub mod filters;
+/// Flow filters live in their own crate (the relay and its alert rules use them too).
+pub use periscope_filter as filters;
 pub mod identity;
 pub mod k8s;
 pub mod k8s_policy;
