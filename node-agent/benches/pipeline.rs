@@ -1,11 +1,13 @@
 //! The agent's hot path per event: decode a raw datapath event into a Hubble flow (enriched from
-//! the agent's state), apply a request filter, and insert into the ring buffer. Run with
-//! `cargo xtask bench agent` (or `cargo bench -p periscope-agent --bench pipeline`).
+//! the agent's state), name it from the DNS cache, apply a request filter, and insert into the
+//! ring buffer. Run with `cargo xtask bench agent` (or `cargo bench -p periscope-agent --bench
+//! pipeline`). Uses the agent binary's allocator (mimalloc).
 use std::path::Path;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use periscope_agent::agent::{BuildConfig, Remote, State};
 use periscope_agent::decoder;
+use periscope_agent::dns::{DnsConfig, DnsEnricher};
 use periscope_agent::filters::FlowFilterSet;
 use periscope_agent::policy::PolicySet;
 use periscope_agent::ring::{Event, Ring};
@@ -74,9 +76,23 @@ fn events(st: &State) -> Vec<FlowEvent> {
         .collect()
 }
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// A DNS enricher that knows names for a quarter of the pods (as if they had been looked up).
+fn dns(st: &State) -> DnsEnricher {
+    let mut d = DnsEnricher::new(DnsConfig::default());
+    for (i, ep) in st.endpoints.values().enumerate().filter(|(i, _)| i % 4 == 0) {
+        let ip = std::net::IpAddr::V4(ep.pod.ipv4().unwrap());
+        d.cache_mut().insert(ip, &format!("svc{i}.example.com."), 300, 0);
+    }
+    d
+}
+
 fn bench(c: &mut Criterion) {
     let st = state();
     let evs = events(&st);
+    let mut dns = dns(&st);
     let ring = Ring::new(4095).unwrap();
     let filter = FlowFilterSet::compile(
         &[FlowFilter {
@@ -98,12 +114,13 @@ fn bench(c: &mut Criterion) {
             }
         })
     });
-    g.bench_function("decode+ring", |b| {
+    g.bench_function("decode+dns+ring", |b| {
         b.iter(|| {
-            ring.write_batch(
-                evs.iter()
-                    .map(|ev| Event::Flow(decoder::decode(ev, &st, 0))),
-            )
+            ring.write_batch(evs.iter().map(|ev| {
+                let mut f = decoder::decode(ev, &st, 0);
+                dns.enrich(&mut f, ev, &[]);
+                Event::Flow(f)
+            }))
         })
     });
     let flows: Vec<_> = evs.iter().map(|ev| decoder::decode(ev, &st, 0)).collect();

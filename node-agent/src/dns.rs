@@ -621,6 +621,18 @@ pub fn summary(l7: &Layer7) -> Option<String> {
     })
 }
 
+/// The source and destination addresses of a datapath event.
+fn event_addrs(ev: &FlowEvent) -> (IpAddr, IpAddr) {
+    let ip = |a: &[u8; 16]| {
+        if ev.flags & dp::EV_F_IPV6 != 0 {
+            IpAddr::V6(Ipv6Addr::from(*a))
+        } else {
+            IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))
+        }
+    };
+    (ip(&ev.src_ip), ip(&ev.dst_ip))
+}
+
 /// The DNS enricher of the pipeline: learns from captured DNS packets and names flows.
 pub struct DnsEnricher {
     cache: FqdnCache,
@@ -647,6 +659,11 @@ impl DnsEnricher {
         &self.cache
     }
 
+    /// The cache, to seed it (benchmarks, tests).
+    pub fn cache_mut(&mut self) -> &mut FqdnCache {
+        &mut self.cache
+    }
+
     /// Enriches `f`, decoded from `ev`; `payload` is the packet the datapath captured (empty for
     /// most events). `now_ns` is the event's boot-time timestamp.
     pub fn enrich(&mut self, f: &mut Flow, ev: &FlowEvent, payload: &[u8]) {
@@ -663,13 +680,7 @@ impl DnsEnricher {
         if self.cache.is_empty() {
             return;
         }
-        let ip = f.ip.as_ref();
-        let (Some(src), Some(dst)) = (
-            ip.and_then(|i| i.source.parse::<IpAddr>().ok()),
-            ip.and_then(|i| i.destination.parse::<IpAddr>().ok()),
-        ) else {
-            return;
-        };
+        let (src, dst) = event_addrs(ev);
         f.source_names = self.cache.names(&src, now);
         f.destination_names = self.cache.names(&dst, now);
     }
@@ -1038,7 +1049,6 @@ pub(crate) mod tests {
 
     #[test]
     fn enricher_names_later_flows_and_measures_latency() {
-        use periscope_proto::flow::Ip;
         let mut e = DnsEnricher::new(DnsConfig::default());
         let q = message(42, false, 0, "api.example", 1, &[]);
         let r = message(
@@ -1069,15 +1079,11 @@ pub(crate) mod tests {
             &ipv4_udp([10, 0, 0, 53], [10, 0, 0, 7], 53, 40000, &r),
         );
         assert_eq!(fr.l7.as_ref().unwrap().latency_ns, 4_000);
-        let mut later = Flow {
-            ip: Some(Ip {
-                source: "10.0.0.7".into(),
-                destination: "192.0.2.10".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        e.enrich(&mut later, &ev(6_000), &[]);
+        let mut later = Flow::default();
+        let mut to_api = ev(6_000);
+        to_api.src_ip[..4].copy_from_slice(&[10, 0, 0, 7]);
+        to_api.dst_ip[..4].copy_from_slice(&[192, 0, 2, 10]);
+        e.enrich(&mut later, &to_api, &[]);
         assert_eq!(later.destination_names, vec!["api.example"]);
         assert!(later.source_names.is_empty());
         assert_eq!(e.cache().stats().messages, 2);
