@@ -97,6 +97,47 @@ pub enum Command {
     /// List objects known to the server.
     #[command(subcommand)]
     List(ListCommand),
+    /// Export flows to a file others can analyse: Parquet, Arrow IPC or JSON lines.
+    ///
+    /// Takes the selector and filter flags of `observe`; without a selector every flow the
+    /// server holds in the range is exported (against the relay: its history, from ClickHouse or
+    /// its in-memory window). The columns are those of the ClickHouse `flows` table
+    /// (storage-schema/README.md), so pandas, DuckDB or `clickhouse-local … file()` read the
+    /// files directly.
+    Export(Box<ExportArgs>),
+}
+
+/// Flags of `export`.
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// File format.
+    #[arg(long, value_enum, default_value = "parquet", help_heading = "Export")]
+    pub format: ExportFormat,
+    /// The file to write (replaced if it exists).
+    #[arg(long, value_name = "PATH", help_heading = "Export")]
+    pub file: std::path::PathBuf,
+    /// Rows per record batch (Parquet row group / Arrow batch).
+    #[arg(
+        long,
+        default_value_t = 8192,
+        value_name = "N",
+        help_heading = "Export"
+    )]
+    pub batch_rows: usize,
+    /// Selectors and filters, as for `observe`.
+    #[command(flatten)]
+    pub observe: ObserveArgs,
+}
+
+/// `export --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// Apache Parquet (snappy-compressed columns).
+    Parquet,
+    /// Arrow IPC file format (Feather v2).
+    Arrow,
+    /// One protobuf-JSON flow per line.
+    Jsonl,
 }
 
 /// `observe` takes its flags directly or after `flows`.
@@ -558,6 +599,11 @@ where
             }
             _ => observe.args.ordered_filters = ordered_filters(sub),
         }
+    }
+    if let (Command::Export(export), Some(("export", sub))) =
+        (&mut cli.command, matches.subcommand())
+    {
+        export.observe.ordered_filters = ordered_filters(sub);
     }
     Ok(cli)
 }

@@ -21,6 +21,7 @@ use std::time::SystemTime;
 
 pub mod args;
 pub mod client;
+pub mod export;
 pub mod filter;
 pub mod printer;
 pub mod request;
@@ -175,6 +176,7 @@ pub async fn run(
             client::observe(global, observe.args(), out, err, shutdown).await
         }
         Command::Status => client::status(global, out).await,
+        Command::Export(args) => export::export(global, args, err).await,
         Command::List(ListCommand::Nodes(args)) => client::list_nodes(global, args, out).await,
         Command::List(ListCommand::Namespaces(args)) => {
             client::list_namespaces(global, args, out).await

@@ -82,9 +82,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// A DNS enricher that knows names for a quarter of the pods (as if they had been looked up).
 fn dns(st: &State) -> DnsEnricher {
     let mut d = DnsEnricher::new(DnsConfig::default());
-    for (i, ep) in st.endpoints.values().enumerate().filter(|(i, _)| i % 4 == 0) {
+    for (i, ep) in st
+        .endpoints
+        .values()
+        .enumerate()
+        .filter(|(i, _)| i % 4 == 0)
+    {
         let ip = std::net::IpAddr::V4(ep.pod.ipv4().unwrap());
-        d.cache_mut().insert(ip, &format!("svc{i}.example.com."), 300, 0);
+        d.cache_mut()
+            .insert(ip, &format!("svc{i}.example.com."), 300, 0);
     }
     d
 }

@@ -13,7 +13,8 @@ use periscope_topology::{Pod, Topology};
 
 use crate::datapath::EndpointSpec;
 use crate::identity::{Identities, LabelSet, pod_labels};
-use crate::policy::{self, EndpointCtx, Mode, PolicySet, Universe};
+use crate::policy::{self, EndpointCtx, Mode, NamedPorts, PolicySet, Universe};
+use crate::sources::ServiceInfo;
 
 /// Per-endpoint enforcement settings (`--endpoint-mode ns/pod=always,audit`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -78,6 +79,8 @@ pub struct Remote {
     pub identities: BTreeMap<u32, LabelSet>,
     /// Service addresses → (namespace, name).
     pub services: BTreeMap<IpAddr, (String, String)>,
+    /// Services with frontends and backends, for agent events.
+    pub service_details: BTreeMap<(String, String), ServiceInfo>,
 }
 
 /// How the agent builds identities and enforcement from its inputs.
@@ -175,6 +178,11 @@ pub struct State {
     pub revision: u64,
     /// Service addresses → (namespace, name), from the metadata sources.
     pub services: BTreeMap<IpAddr, (String, String)>,
+    /// Services with their frontends and backends, from the metadata sources.
+    pub service_details: BTreeMap<(String, String), ServiceInfo>,
+    /// Named ports the policies use that no endpoint defines (one line each; such a port
+    /// allows nothing).
+    pub named_port_warnings: BTreeSet<String>,
     /// Endpoint id → host interface name (filled by [`State::set_endpoint_ids`]).
     ep_by_id: std::collections::HashMap<u32, String>,
     /// Identity → label strings, computed once per state for the decoder's hot path.
@@ -282,13 +290,33 @@ impl State {
             }
         }
 
+        // Named ports: each endpoint's own, by identity, and all together.
+        let pod_ports: Vec<NamedPorts> = endpoint_pods
+            .iter()
+            .map(|p| NamedPorts::of_pod(p))
+            .collect();
+        let mut named_ports: BTreeMap<u32, NamedPorts> = BTreeMap::new();
+        let mut all_named_ports = NamedPorts::default();
+        for (ports, labels) in pod_ports.iter().zip(&label_sets) {
+            let id = identities.id_of(labels).expect("allocated above");
+            named_ports.entry(id).or_default().extend(ports);
+            all_named_ports.extend(ports);
+        }
+        let named_port_warnings = policy::undefined_named_ports(&policies, &all_named_ports);
         let universe = Universe {
             identities: &identities,
             cidr_identities: &cidr_identities,
+            named_ports: &named_ports,
+            all_named_ports: &all_named_ports,
         };
         let mut endpoints = BTreeMap::new();
         let mut specs = Vec::new();
-        for (p, labels) in endpoint_pods.iter().zip(&label_sets).take(n_topology) {
+        for ((p, labels), ports) in endpoint_pods
+            .iter()
+            .zip(&label_sets)
+            .zip(&pod_ports)
+            .take(n_topology)
+        {
             if p.node != node {
                 continue;
             }
@@ -298,6 +326,7 @@ impl State {
                     labels,
                     namespace: &p.namespace,
                     mode,
+                    named_ports: ports,
                 },
                 &policies,
                 &universe,
@@ -356,6 +385,8 @@ impl State {
                 .collect(),
             revision: 0,
             services: remote.services.clone(),
+            service_details: remote.service_details.clone(),
+            named_port_warnings,
             ep_by_id: Default::default(),
             labels_cache: Default::default(),
         };
@@ -451,4 +482,131 @@ pub fn fingerprint(paths: &[&Path]) -> Vec<(PathBuf, u64, std::time::SystemTime)
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use periscope_datapath_common::PolicyKey;
+
+    const TOPO: &str = r#"
+nodes: [{name: n1}, {name: n2}]
+pods:
+  - {name: web, namespace: shop, node: n1, labels: {app: web}, ips: [10.0.0.1], ports: [{name: http, containerPort: 8080}]}
+  - {name: client, namespace: shop, node: n1, labels: {app: client}, ips: [10.0.0.2]}
+  - {name: api, namespace: shop, node: n2, labels: {app: api}, ips: [10.0.1.1], ports: [{name: http, containerPort: 9090}]}
+"#;
+
+    const POLICY: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web-http, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: http, protocol: TCP}]}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client-out, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchExpressions: [{key: app, operator: In, values: [web, api]}]}]
+    toPorts: [{ports: [{port: http, protocol: TCP}, {port: metrics, protocol: TCP}]}]
+"#;
+
+    fn build(topology: &str, remote: &Remote) -> (State, Vec<EndpointSpec>) {
+        let t = Topology::parse(topology, Path::new("t.yaml")).unwrap();
+        let p = PolicySet::parse(POLICY, Path::new("p.yaml")).unwrap();
+        State::build("n1", &t, remote, p, &BuildConfig::default())
+    }
+
+    /// (peer identity, port) of a spec's entries in `direction`, port-specific ones only.
+    fn ports_of(specs: &[EndpointSpec], st: &State, pod: &str, direction: u8) -> Vec<(u32, u16)> {
+        let ifname = st
+            .endpoints
+            .iter()
+            .find(|(_, e)| e.pod.name == pod)
+            .map(|(i, _)| i.clone())
+            .unwrap();
+        let spec = specs.iter().find(|s| s.ifname == ifname).unwrap();
+        spec.policy
+            .keys()
+            .filter(|k: &&PolicyKey| k.direction == direction && k.dport_be != 0)
+            .map(|k| (k.identity, u16::from_be(k.dport_be)))
+            .collect()
+    }
+
+    #[test]
+    fn named_ports_follow_the_endpoints_ports() {
+        let (st, specs) = build(TOPO, &Remote::default());
+        let id = |pod: &str| {
+            let (ip, _) = st.pods_by_ip.iter().find(|(_, p)| p.name == pod).unwrap();
+            st.identity_by_ip[ip]
+        };
+        let (web, client, api) = (id("web"), id("client"), id("api"));
+        assert_eq!(
+            ports_of(&specs, &st, "web", dp::dir::INGRESS),
+            vec![(client, 8080)]
+        );
+        let mut out = ports_of(&specs, &st, "client", dp::dir::EGRESS);
+        out.sort();
+        let mut want = vec![(web, 8080), (api, 9090)];
+        want.sort();
+        assert_eq!(out, want, "each peer its own http, on this node or not");
+        assert_eq!(
+            st.named_port_warnings.len(),
+            1,
+            "{:?}",
+            st.named_port_warnings
+        );
+        assert!(
+            st.named_port_warnings
+                .iter()
+                .all(|w| w.contains("\"metrics\""))
+        );
+
+        // web's http moves, and a remote endpoint of api (a metadata source) brings its own
+        // number and a metrics port: the next build compiles them in.
+        let moved = TOPO.replace("containerPort: 8080", "containerPort: 8081");
+        let remote = Remote {
+            pods: vec![Pod {
+                name: "api-2".into(),
+                namespace: "shop".into(),
+                node: "n3".into(),
+                labels: BTreeMap::from([("app".into(), "api".into())]),
+                ips: vec!["10.0.2.1".parse().unwrap()],
+                external: false,
+                interface: None,
+                workload: None,
+                identity: None,
+                ports: vec![
+                    periscope_topology::ContainerPort {
+                        name: Some("http".into()),
+                        container_port: 7070,
+                        protocol: Default::default(),
+                    },
+                    periscope_topology::ContainerPort {
+                        name: Some("metrics".into()),
+                        container_port: 9100,
+                        protocol: Default::default(),
+                    },
+                ],
+            }],
+            ..Default::default()
+        };
+        let (st2, specs2) = build(&moved, &remote);
+        assert_eq!(
+            ports_of(&specs2, &st2, "web", dp::dir::INGRESS),
+            vec![(client, 8081)]
+        );
+        let mut out = ports_of(&specs2, &st2, "client", dp::dir::EGRESS);
+        out.sort();
+        let mut want = vec![(web, 8081), (api, 7070), (api, 9090), (api, 9100)];
+        want.sort();
+        assert_eq!(out, want);
+        assert!(st2.named_port_warnings.is_empty());
+    }
 }

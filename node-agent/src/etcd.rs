@@ -2,7 +2,9 @@
 //!
 //! - `<prefix>/identities/v1/id/<id>` → the identity's labels, `source:key=value;…;`
 //! - `<prefix>/ip/v1/<cluster>/<ip>` → JSON `{"IP", "Mask", "HostIP", "ID", "Key", "Metadata",
-//!   "K8sNamespace", "K8sPodName"}` (`Metadata` is `cilium-global:<cluster>:<node>:<endpoint>`)
+//!   "K8sNamespace", "K8sPodName", "NamedPorts"}` (`Metadata` is
+//!   `cilium-global:<cluster>:<node>:<endpoint>`; `NamedPorts` is `[{"Name", "Port",
+//!   "Protocol"}]`, the endpoint's named container ports, which egress named ports resolve to)
 //!
 //! with `<prefix>` = `cilium/state` by default. The source lists both prefixes, then watches them
 //! from the listed revision, so a key written to etcd reaches every agent within the watch
@@ -17,7 +19,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions};
-use periscope_topology::Pod;
+use periscope_topology::{ContainerPort, Pod, PortProtocol, check_port_name};
 use serde::Deserialize;
 
 use crate::identity::{LABEL_CLUSTER, LABEL_NAMESPACE, Label, LabelSet};
@@ -56,6 +58,49 @@ pub struct IpEntry {
     /// Pod name.
     #[serde(rename = "K8sPodName", default)]
     pub k8s_pod_name: Option<String>,
+    /// Named container ports (absent or `null` = none). Entries with a malformed name, port or
+    /// protocol are dropped when the entry is read.
+    #[serde(rename = "NamedPorts", default)]
+    pub named_ports: Option<Vec<NamedPort>>,
+}
+
+/// One `NamedPorts` entry of an `ip/v1` value.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct NamedPort {
+    /// IANA service name.
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// Port number.
+    #[serde(rename = "Port")]
+    pub port: u16,
+    /// `TCP`, `UDP` or `SCTP`.
+    #[serde(rename = "Protocol", default)]
+    pub protocol: String,
+}
+
+impl NamedPort {
+    /// As a topology container port, or why it cannot be one.
+    fn container_port(&self) -> Result<ContainerPort, String> {
+        check_port_name(&self.name)?;
+        if self.port == 0 {
+            return Err(format!("named port {:?}: port 0", self.name));
+        }
+        let protocol = if self.protocol.is_empty() {
+            PortProtocol::Tcp
+        } else {
+            PortProtocol::parse(&self.protocol).ok_or_else(|| {
+                format!(
+                    "named port {:?}: protocol {:?} is not TCP, UDP or SCTP",
+                    self.name, self.protocol
+                )
+            })?
+        };
+        Ok(ContainerPort {
+            name: Some(self.name.clone()),
+            container_port: self.port,
+            protocol,
+        })
+    }
 }
 
 /// Parses an identity's label string (`k8s:app=app1;k8s:io.kubernetes.pod.namespace=ns1;`).
@@ -96,9 +141,20 @@ impl KvState {
             self.identities
                 .insert(id, parse_labels(text).map_err(|e| format!("{key}: {e}"))?);
         } else if key.starts_with("ip/v1/") {
-            let e: IpEntry = serde_json::from_slice(value).map_err(|e| format!("{key}: {e}"))?;
+            let mut e: IpEntry =
+                serde_json::from_slice(value).map_err(|e| format!("{key}: {e}"))?;
             e.ip.parse::<IpAddr>()
                 .map_err(|_| format!("{key}: IP {:?} is not an address", e.ip))?;
+            // A bad named port costs only itself, not the endpoint's ipcache entry.
+            if let Some(ports) = &mut e.named_ports {
+                ports.retain(|p| match p.container_port() {
+                    Ok(_) => true,
+                    Err(reason) => {
+                        tracing::warn!(key, %reason, "ignoring a malformed named port");
+                        false
+                    }
+                });
+            }
             self.ips.insert(key.to_string(), e);
         }
         Ok(())
@@ -159,6 +215,12 @@ impl KvState {
                     interface: None,
                     workload: None,
                     identity: Some(e.id),
+                    ports: e
+                        .named_ports
+                        .iter()
+                        .flatten()
+                        .filter_map(|p| p.container_port().ok())
+                        .collect(),
                 },
             );
             ids.insert(e.id, labels);
@@ -308,8 +370,38 @@ mod tests {
             "io.cilium.k8s.policy.cluster",
             "cluster1"
         )));
+        assert!(p.ports.is_empty());
         kv.delete("ip/v1/cluster1/10.3.192.65");
         assert!(kv.pods().0.is_empty());
+    }
+
+    #[test]
+    fn named_ports_become_container_ports_and_bad_ones_are_dropped() {
+        let mut kv = KvState::default();
+        kv.put(
+            "ip/v1/c/10.0.0.1",
+            br#"{"IP":"10.0.0.1","ID":300,"NamedPorts":[{"Name":"http","Port":8080,"Protocol":"TCP"},{"Name":"dns","Port":53,"Protocol":"udp"},{"Name":"Bad_Name","Port":1,"Protocol":"TCP"},{"Name":"x","Port":2,"Protocol":"ICMP"},{"Name":"zero","Port":0,"Protocol":"TCP"}]}"#,
+        )
+        .unwrap();
+        kv.put(
+            "ip/v1/c/10.0.0.2",
+            br#"{"IP":"10.0.0.2","ID":301,"NamedPorts":null}"#,
+        )
+        .unwrap();
+        let (pods, _) = kv.pods();
+        let port = |name: &str, n: u16, protocol| ContainerPort {
+            name: Some(name.into()),
+            container_port: n,
+            protocol,
+        };
+        assert_eq!(
+            pods["ip/v1/c/10.0.0.1"].ports,
+            vec![
+                port("http", 8080, PortProtocol::Tcp),
+                port("dns", 53, PortProtocol::Udp)
+            ]
+        );
+        assert!(pods["ip/v1/c/10.0.0.2"].ports.is_empty());
     }
 
     #[test]

@@ -2,13 +2,17 @@
 //!
 //! - Pods → remote endpoints (ipcache entries and names; the agent allocates their identities
 //!   from the labels): pods with an IP that are not finished (`Succeeded`/`Failed`) and not on the
-//!   host network (those use the node's address, which is the host's, not the pod's);
+//!   host network (those use the node's address, which is the host's, not the pod's), with their
+//!   containers' named ports (for policies' named ports);
 //! - Namespaces → their labels on every pod of the namespace, as
 //!   `io.cilium.k8s.namespace.labels.<key>=<value>` (Cilium's convention, for NetworkPolicy
 //!   `namespaceSelector`s), with the pod's service account as
 //!   `io.cilium.k8s.policy.serviceaccount=<sa>`;
 //! - Services (ClusterIPs, external IPs, load-balancer IPs) and EndpointSlices (endpoint
-//!   addresses of the slice's `kubernetes.io/service-name`) → service names of addresses;
+//!   addresses of the slice's `kubernetes.io/service-name`) → service names of addresses, and
+//!   each service's frontends (address × port) with the ready backends of its slices, for the
+//!   agent's SERVICE_* events (node ports are not frontends here: the source does not know the
+//!   nodes' addresses);
 //! - NetworkPolicies (networking.k8s.io/v1), CiliumNetworkPolicies and
 //!   CiliumClusterwideNetworkPolicies (cilium.io/v2, watched as [`DynamicObject`]s: no CRD types)
 //!   → policy documents, passed through as the API returned them (less `status` and the
@@ -38,13 +42,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource};
-use periscope_topology::{Pod, Workload};
+use periscope_topology::{ContainerPort, Pod, PortProtocol, Workload, check_port_name};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::identity::{LABEL_NAMESPACE, LABEL_NS_LABELS};
-use crate::sources::{Backoff, SharedView};
+use crate::sources::{Backoff, Frontend, ServiceInfo, SharedView};
 
 /// The pod label naming the pod's service account (Cilium's).
 pub const LABEL_SERVICE_ACCOUNT: &str = "io.cilium.k8s.policy.serviceaccount";
@@ -304,8 +308,36 @@ fn pod_endpoint(pod: &K8sPod) -> Option<(String, Pod)> {
             interface: None,
             workload: workload_of(meta),
             identity: None,
+            ports: spec.map(named_container_ports).unwrap_or_default(),
         },
     ))
+}
+
+/// The named ports of a pod's containers (what policies' named ports resolve to), sorted; ports
+/// without a name serve no policy and are left out, so are names the API server would not have
+/// accepted.
+pub fn named_container_ports(spec: &k8s_openapi::api::core::v1::PodSpec) -> Vec<ContainerPort> {
+    let mut out: Vec<ContainerPort> = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let name = p.name.as_deref().filter(|n| check_port_name(n).is_ok())?;
+            let port = u16::try_from(p.container_port).ok().filter(|p| *p > 0)?;
+            let protocol = match p.protocol.as_deref() {
+                None => PortProtocol::Tcp,
+                Some(proto) => PortProtocol::parse(proto)?,
+            };
+            Some(ContainerPort {
+                name: Some(name.to_string()),
+                container_port: port,
+                protocol,
+            })
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 fn with_namespace_labels(mut pod: Pod, namespace_labels: &BTreeMap<String, String>) -> Pod {
@@ -392,6 +424,87 @@ pub fn service_addresses(svc: &Service) -> Option<((String, String), Vec<IpAddr>
             .chain(lb.iter().filter_map(|i| i.ip.as_deref())),
     );
     (!ips.is_empty()).then_some(((namespace, name), ips))
+}
+
+/// A service's frontends (ClusterIPs, external IPs and load-balancer IPs, each with every
+/// service port) and traffic policies, without backends (those come from EndpointSlices). None
+/// for a service without name, namespace or frontends (headless, ExternalName, no ports).
+pub fn service_info(svc: &Service) -> Option<((String, String), ServiceInfo)> {
+    let name = svc.metadata.name.clone()?;
+    let namespace = svc.metadata.namespace.clone()?;
+    let spec = svc.spec.as_ref()?;
+    let cluster_ips = parse_ips(
+        spec.cluster_ips
+            .iter()
+            .flatten()
+            .map(String::as_str)
+            .chain(spec.cluster_ip.as_deref()),
+    );
+    let external = parse_ips(spec.external_ips.iter().flatten().map(String::as_str));
+    let lb = parse_ips(
+        svc.status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_deref())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|i| i.ip.as_deref()),
+    );
+    let mut frontends = Vec::new();
+    for (ips, kind) in [
+        (&cluster_ips, "ClusterIP"),
+        (&external, "ExternalIPs"),
+        (&lb, "LoadBalancer"),
+    ] {
+        for ip in ips {
+            for p in spec.ports.iter().flatten() {
+                let Ok(port) = u16::try_from(p.port) else {
+                    continue;
+                };
+                frontends.push(Frontend {
+                    ip: *ip,
+                    port,
+                    protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                    port_name: p.name.clone().unwrap_or_default(),
+                    kind: kind.into(),
+                });
+            }
+        }
+    }
+    frontends.sort();
+    frontends.dedup();
+    (!frontends.is_empty()).then(|| {
+        (
+            (namespace, name),
+            ServiceInfo {
+                ext_traffic_policy: spec.external_traffic_policy.clone().unwrap_or_default(),
+                int_traffic_policy: spec.internal_traffic_policy.clone().unwrap_or_default(),
+                frontends,
+                backends: BTreeMap::new(),
+            },
+        )
+    })
+}
+
+/// The ready backends of an EndpointSlice by port name (`""` for an unnamed port): every
+/// address of every endpoint not marked unready, with each of the slice's ports.
+pub fn endpoint_slice_backends(slice: &EndpointSlice) -> BTreeMap<String, BTreeSet<(IpAddr, u16)>> {
+    let mut out: BTreeMap<String, BTreeSet<(IpAddr, u16)>> = BTreeMap::new();
+    let ready: Vec<IpAddr> = parse_ips(
+        slice
+            .endpoints
+            .iter()
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+            .flat_map(|e| e.addresses.iter().map(String::as_str)),
+    );
+    for p in slice.ports.iter().flatten() {
+        let Some(port) = p.port.and_then(|n| u16::try_from(n).ok()) else {
+            continue;
+        };
+        let set = out.entry(p.name.clone().unwrap_or_default()).or_default();
+        set.extend(ready.iter().map(|ip| (*ip, port)));
+    }
+    out
 }
 
 /// An EndpointSlice's service `(namespace, name)` (its `kubernetes.io/service-name` label) and
@@ -482,10 +595,34 @@ enum Item {
     Endpoint(Pod),
     /// A namespace's labels.
     Namespace(BTreeMap<String, String>),
-    /// Addresses of a service (from the Service or one of its EndpointSlices).
-    Addresses((String, String), Vec<IpAddr>),
+    /// Addresses of a service (from the Service or one of its EndpointSlices), and what the
+    /// object says about the service's load-balancing.
+    Addresses((String, String), Vec<IpAddr>, Box<Lb>),
     /// A policy document.
     Policy(serde_yaml::Value),
+}
+
+/// The load-balancing part of a Service or EndpointSlice object.
+#[derive(Clone, Debug, PartialEq)]
+enum Lb {
+    /// A Service's frontends (None: it has none).
+    Service(Option<ServiceInfo>),
+    /// An EndpointSlice's ready backends by port name.
+    Backends(BTreeMap<String, BTreeSet<(IpAddr, u16)>>),
+}
+
+impl Item {
+    fn service(s: &Service) -> Option<Item> {
+        let (svc, ips) = service_addresses(s)?;
+        let info = service_info(s).map(|(_, info)| info);
+        Some(Item::Addresses(svc, ips, Box::new(Lb::Service(info))))
+    }
+
+    fn endpoint_slice(s: &EndpointSlice) -> Option<Item> {
+        let (svc, ips) = endpoint_slice_addresses(s)?;
+        let backends = endpoint_slice_backends(s);
+        Some(Item::Addresses(svc, ips, Box::new(Lb::Backends(backends))))
+    }
 }
 
 /// From a kind's watcher task to the source.
@@ -560,10 +697,36 @@ impl Cache {
         let mut out = BTreeMap::new();
         for kind in [Kind::Service, Kind::EndpointSlice] {
             for (_, item) in self.items(kind) {
-                if let Item::Addresses(service, ips) = item {
+                if let Item::Addresses(service, ips, _) = item {
                     for ip in ips {
                         out.entry(*ip).or_insert_with(|| service.clone());
                     }
+                }
+            }
+        }
+        out
+    }
+
+    /// Services with frontends, with the backends of their EndpointSlices.
+    fn service_details(&self) -> BTreeMap<(String, String), ServiceInfo> {
+        let mut out = BTreeMap::new();
+        for (_, item) in self.items(Kind::Service) {
+            if let Item::Addresses(service, _, lb) = item
+                && let Lb::Service(Some(info)) = &**lb
+            {
+                out.insert(service.clone(), info.clone());
+            }
+        }
+        for (_, item) in self.items(Kind::EndpointSlice) {
+            if let Item::Addresses(service, _, lb) = item
+                && let Lb::Backends(backends) = &**lb
+                && let Some(info) = out.get_mut(service)
+            {
+                for (port_name, set) in backends {
+                    info.backends
+                        .entry(port_name.clone())
+                        .or_default()
+                        .extend(set);
                 }
             }
         }
@@ -616,9 +779,11 @@ impl Cache {
             return;
         }
         let (pods, services, policies) = (self.pods(), self.services(), self.policies());
+        let service_details = self.service_details();
         view.update(|v| {
             v.pods = pods;
             v.services = services;
+            v.service_details = service_details;
             v.policies = policies;
             v.connected = self.failing.is_empty();
             v.last_error = last_error;
@@ -691,7 +856,7 @@ pub async fn run(cfg: K8sConfig, view: SharedView) {
     tasks.spawn(watch_kind(
         Kind::Service,
         Api::<Service>::all(client.clone()),
-        |s: &Service| service_addresses(s).map(|(svc, ips)| Item::Addresses(svc, ips)),
+        Item::service,
         tx.clone(),
         backoff(),
         max_delay,
@@ -699,7 +864,7 @@ pub async fn run(cfg: K8sConfig, view: SharedView) {
     tasks.spawn(watch_kind(
         Kind::EndpointSlice,
         Api::<EndpointSlice>::all(client.clone()),
-        |s: &EndpointSlice| endpoint_slice_addresses(s).map(|(svc, ips)| Item::Addresses(svc, ips)),
+        Item::endpoint_slice,
         tx.clone(),
         backoff(),
         max_delay,
@@ -854,8 +1019,14 @@ mod tests {
                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
                     "name": "web-5d8f7c9b6", "uid": "u1", "controller": true}]
             },
-            "spec": {"containers": [{"name": "web"}], "nodeName": "node-1",
-                     "serviceAccountName": "web"},
+            "spec": {"containers": [
+                        {"name": "web", "ports": [
+                            {"name": "http", "containerPort": 8080},
+                            {"containerPort": 9000},
+                            {"name": "metrics", "containerPort": 9090, "protocol": "TCP"}]},
+                        {"name": "sidecar", "ports": [
+                            {"name": "dns", "containerPort": 53, "protocol": "UDP"}]}],
+                     "nodeName": "node-1", "serviceAccountName": "web"},
             "status": {"phase": "Running", "podIP": "10.0.1.10",
                        "podIPs": [{"ip": "10.0.1.10"}, {"ip": "fd00::1:10"}, {"ip": "10.0.1.11"}]}
         })
@@ -915,6 +1086,20 @@ mod tests {
         assert_eq!(
             (ep.external, ep.interface.clone(), ep.identity),
             (false, None, None)
+        );
+        // Named ports of every container, sorted; unnamed ones left out.
+        let ports: Vec<(&str, u16, PortProtocol)> = ep
+            .ports
+            .iter()
+            .map(|p| (p.name.as_deref().unwrap(), p.container_port, p.protocol))
+            .collect();
+        assert_eq!(
+            ports,
+            vec![
+                ("dns", 53, PortProtocol::Udp),
+                ("http", 8080, PortProtocol::Tcp),
+                ("metrics", 9090, PortProtocol::Tcp),
+            ]
         );
     }
 
@@ -1092,6 +1277,7 @@ mod tests {
             interface: None,
             workload: None,
             identity: None,
+            ports: vec![],
         })
     }
 
@@ -1154,6 +1340,106 @@ mod tests {
     }
 
     #[test]
+    fn services_have_frontends_and_the_ready_backends_of_their_slices() {
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+                     "externalIPs": ["203.0.113.10"], "externalTrafficPolicy": "Local",
+                     "internalTrafficPolicy": "Cluster",
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080},
+                               {"name": "dns", "port": 53, "protocol": "UDP"}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.7"}]}}
+        }))
+        .unwrap();
+        let (key, info) = service_info(&svc).unwrap();
+        assert_eq!(key, ("shop".to_string(), "web".to_string()));
+        assert_eq!(
+            (
+                info.ext_traffic_policy.as_str(),
+                info.int_traffic_policy.as_str()
+            ),
+            ("Local", "Cluster")
+        );
+        let fronts: Vec<(String, u16, &str, &str, &str)> = info
+            .frontends
+            .iter()
+            .map(|f| {
+                (
+                    f.ip.to_string(),
+                    f.port,
+                    f.protocol.as_str(),
+                    f.port_name.as_str(),
+                    f.kind.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            fronts,
+            [
+                ("10.96.0.10".into(), 53, "UDP", "dns", "ClusterIP"),
+                ("10.96.0.10".into(), 80, "TCP", "http", "ClusterIP"),
+                ("198.51.100.7".into(), 53, "UDP", "dns", "LoadBalancer"),
+                ("198.51.100.7".into(), 80, "TCP", "http", "LoadBalancer"),
+                ("203.0.113.10".into(), 53, "UDP", "dns", "ExternalIPs"),
+                ("203.0.113.10".into(), 80, "TCP", "http", "ExternalIPs"),
+            ]
+        );
+        let headless: Service = serde_json::from_value(json!({
+            "metadata": {"name": "db", "namespace": "shop"},
+            "spec": {"clusterIP": "None", "ports": [{"port": 5432}]}
+        }))
+        .unwrap();
+        assert!(service_info(&headless).is_none());
+
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": "web-abc12", "namespace": "shop",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}, {"name": "dns", "port": 53, "protocol": "UDP"}],
+            "endpoints": [{"addresses": ["10.0.1.10"]},
+                          {"addresses": ["10.0.1.20"], "conditions": {"ready": false}},
+                          {"addresses": ["10.0.1.30"], "conditions": {"ready": true}}]
+        }))
+        .unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let backends = endpoint_slice_backends(&slice);
+        assert_eq!(
+            backends["http"],
+            BTreeSet::from([(ip("10.0.1.10"), 8080), (ip("10.0.1.30"), 8080)])
+        );
+        assert_eq!(backends["dns"].len(), 2);
+        // The cache puts them together; slices of services it does not know are left out.
+        let mut c = Cache::default();
+        c.apply(Msg::Put(
+            Kind::Service,
+            "shop/web".into(),
+            Box::new(Item::service(&svc).unwrap()),
+        ));
+        c.apply(Msg::Put(
+            Kind::EndpointSlice,
+            "shop/web-abc12".into(),
+            Box::new(Item::endpoint_slice(&slice).unwrap()),
+        ));
+        let mut orphan = slice.clone();
+        orphan
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(LABEL_SERVICE_NAME.into(), "gone".into());
+        c.apply(Msg::Put(
+            Kind::EndpointSlice,
+            "shop/gone-1".into(),
+            Box::new(Item::endpoint_slice(&orphan).unwrap()),
+        ));
+        let details = c.service_details();
+        assert_eq!(details.len(), 1);
+        let web = &details[&("shop".to_string(), "web".to_string())];
+        assert_eq!(web.frontends, info.frontends);
+        assert_eq!(web.backends, backends);
+    }
+
+    #[test]
     fn service_addresses_win_over_endpoint_addresses() {
         let mut c = Cache::default();
         let svc = |ns: &str, n: &str| (ns.to_string(), n.to_string());
@@ -1164,6 +1450,7 @@ mod tests {
             Box::new(Item::Addresses(
                 svc("shop", "web"),
                 vec![ip("10.0.1.10"), ip("10.96.0.10")],
+                Box::new(Lb::Backends(BTreeMap::new())),
             )),
         ));
         c.apply(Msg::Put(
@@ -1172,6 +1459,7 @@ mod tests {
             Box::new(Item::Addresses(
                 svc("shop", "web-front"),
                 vec![ip("10.96.0.10")],
+                Box::new(Lb::Service(None)),
             )),
         ));
         let s = c.services();

@@ -7,7 +7,8 @@
 //! - a peer with `podSelector` alone is in the policy's namespace, with `namespaceSelector` the
 //!   namespace labels select (`{}` = every namespace; each namespace carries
 //!   `kubernetes.io/metadata.name`), both together AND;
-//! - `ipBlock` is a CIDR with `except`; ports default to TCP; `endPort` makes a range.
+//! - `ipBlock` is a CIDR with `except`; ports default to TCP; `endPort` makes a range; a named
+//!   port (`port: http`) resolves like a CiliumNetworkPolicy's (see [`crate::policy`]).
 use std::path::Path;
 
 use periscope_datapath_common as dp;
@@ -15,7 +16,7 @@ use serde::Deserialize;
 
 use crate::identity::{LABEL_NAMESPACE, LABEL_NS_LABELS};
 use crate::policy::{
-    CompiledRule, Expression, PeerSpec, Policy, PolicyError, Section, Selector, StrOrInt,
+    CompiledRule, Expression, PeerSpec, Policy, PolicyError, PortSel, Section, Selector, StrOrInt,
     check_selector, parse_cidr, port_range,
 };
 
@@ -268,9 +269,12 @@ pub fn validate(doc: NetworkPolicyDoc, path: &Path) -> Result<Policy, PolicyErro
                         ));
                     }
                 };
-                let (p, end) = port_range(port.port.as_ref(), port.end_port, 1)
-                    .map_err(|(field, reason)| invalid(format!("{pat}.{field}"), reason))?;
-                spec.ports.push((p, end, proto));
+                match port_range(port.port.as_ref(), port.end_port, 1)
+                    .map_err(|(field, reason)| invalid(format!("{pat}.{field}"), reason))?
+                {
+                    PortSel::Range(p, end) => spec.ports.push((p, end, proto)),
+                    PortSel::Named(name) => spec.named_ports.push((name, proto)),
+                }
             }
             peers.push(spec);
         }
@@ -299,7 +303,7 @@ pub fn validate(doc: NetworkPolicyDoc, path: &Path) -> Result<Policy, PolicyErro
 mod tests {
     use super::*;
     use crate::identity::{Identities, pod_labels};
-    use crate::policy::{EndpointCtx, Mode, PolicySet, Universe, compile};
+    use crate::policy::{EndpointCtx, Mode, NamedPorts, PolicySet, Universe, compile};
     use periscope_datapath_common::PolicyKey;
     use std::collections::BTreeMap;
 
@@ -349,12 +353,15 @@ spec:
         let u = Universe {
             identities: &ids,
             cidr_identities: &cidrs,
+            named_ports: &BTreeMap::new(),
+            all_named_ports: &NamedPorts::default(),
         };
         let pol = compile(
             &EndpointCtx {
                 labels: &db,
                 namespace: "prod",
                 mode: Mode::Default,
+                named_ports: &NamedPorts::default(),
             },
             &set,
             &u,
@@ -394,6 +401,21 @@ spec:
     }
 
     #[test]
+    fn named_ports_default_to_tcp() {
+        let set = PolicySet::parse(
+            &NP.replace("port: 5432", "port: postgres"),
+            Path::new("np.yaml"),
+        )
+        .unwrap();
+        let peer = &set.policies[0].rules[0].sections[0].peers[0];
+        assert_eq!(
+            peer.named_ports,
+            vec![("postgres".to_string(), dp::proto::TCP)]
+        );
+        assert_eq!(peer.ports, vec![(9000, 9001, dp::proto::TCP)]);
+    }
+
+    #[test]
     fn empty_rule_allows_all_and_errors_name_fields() {
         let all = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a, namespace: n}\nspec:\n  podSelector: {}\n  ingress: [{}]\n";
         let set = PolicySet::parse(all, Path::new("a.yaml")).unwrap();
@@ -419,6 +441,14 @@ spec:
             (
                 NP.replace("podSelector: {matchLabels: {app: db}}", "podSelectr: {}"),
                 "unknown field",
+            ),
+            (
+                NP.replace("port: 5432", "port: postgres_sql"),
+                "spec.ingress[0].ports[0].port",
+            ),
+            (
+                NP.replace("port: 9000, endPort: 9001", "port: metrics, endPort: 9001"),
+                "spec.ingress[0].ports[1].endPort",
             ),
         ] {
             let e = PolicySet::parse(&bad, Path::new("np.yaml"))

@@ -5,7 +5,9 @@ pub mod datapath;
 pub mod decoder;
 pub mod dns;
 pub mod etcd;
+pub mod events;
 pub mod export;
+pub mod fieldmask;
 /// Flow filters live in their own crate (the relay and its alert rules use them too).
 pub use periscope_filter as filters;
 pub mod identity;

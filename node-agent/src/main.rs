@@ -163,10 +163,7 @@ struct Args {
 
 /// Logs the named-port warnings of `new` that `old` did not have: once while each holds.
 fn warn_named_ports(old: &State, new: &State) {
-    for w in new
-        .named_port_warnings
-        .difference(&old.named_port_warnings)
-    {
+    for w in new.named_port_warnings.difference(&old.named_port_warnings) {
         tracing::warn!(warning = %w, "named port not defined by any endpoint");
     }
 }
@@ -320,6 +317,7 @@ async fn run(
                 .collect(),
             identities: etcd_ids.lock().expect("identities").clone(),
             services: k.services,
+            service_details: k.service_details,
         }
     };
     // Policies of the files plus those of the Kubernetes API.

@@ -10,6 +10,13 @@
 //! authentication are reported as unsupported warnings and the rest of the policy is enforced at
 //! L3/L4.
 //!
+//! Named ports (`port: http`, Kubernetes' IANA service names) resolve like Cilium's: in an
+//! ingress rule against the container ports of the selected endpoint itself, in an egress rule
+//! against the container ports of each peer (a name with different numbers on different peers
+//! allows each peer its own number; peers that are not endpoints — CIDRs, entities, any peer —
+//! get every number the name has on the cluster's endpoints). A name no endpoint defines allows
+//! nothing on that port (the agent warns once); a malformed name is a validation error.
+//!
 //! Deny wins over allow; a direction becomes default-deny for an endpoint as soon as a policy
 //! selecting it has a section for that direction (Cilium's default enforcement mode).
 use std::collections::{BTreeMap, BTreeSet};
@@ -382,8 +389,27 @@ pub struct PeerSpec {
     pub entities: Vec<Entity>,
     /// No L3 restriction (none of the above given).
     pub any_peer: bool,
-    /// (port, end port, protocol); port 0 = any. Empty = all ports and protocols.
+    /// (port, end port, protocol); port 0 = any. Empty (and no named ports) = all ports and
+    /// protocols.
     pub ports: Vec<(u16, u16, u8)>,
+    /// Named ports as (name, protocol), resolved per endpoint when compiling.
+    pub named_ports: Vec<(String, u8)>,
+}
+
+impl PeerSpec {
+    /// Whether the rule restricts ports at all (numbers or names).
+    pub fn has_ports(&self) -> bool {
+        !self.ports.is_empty() || !self.named_ports.is_empty()
+    }
+}
+
+/// A `toPorts`/`ports` entry's port, validated: a range of numbers or a name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum PortSel {
+    /// Inclusive range; (0, 0) = any port.
+    Range(u16, u16),
+    /// A named port (IANA service name).
+    Named(String),
 }
 
 /// Cilium entities.
@@ -859,7 +885,7 @@ fn validate_peer(
         }
         for (j, pp) in tp.ports.iter().enumerate() {
             let f = format!("{at}.toPorts[{i}].ports[{j}]");
-            let (port, end) = port_range(Some(&pp.port), pp.end_port, 0)
+            let sel = port_range(Some(&pp.port), pp.end_port, 0)
                 .map_err(|(field, reason)| (format!("{f}.{field}"), reason))?;
             let protos: &[u8] = match pp
                 .protocol
@@ -880,7 +906,10 @@ fn validate_peer(
                 }
             };
             for p in protos {
-                spec.ports.push((port, end, *p));
+                match &sel {
+                    PortSel::Range(port, end) => spec.ports.push((*port, *end, *p)),
+                    PortSel::Named(name) => spec.named_ports.push((name.clone(), *p)),
+                }
             }
         }
     }
@@ -912,26 +941,31 @@ fn validate_peer(
     Ok(spec)
 }
 
-/// Validates a port (a number, a numeric string, or a name — names are not known yet) and an
-/// optional end port into an inclusive range. `min` is the smallest port number accepted: 0 for
-/// Cilium policies (0 = any port), 1 for Kubernetes NetworkPolicies (absent = any port).
-/// Errors name the sub-field (`port` or `endPort`) and the reason.
+/// Validates a port (a number, a numeric string, or a name) and an optional end port into an
+/// inclusive range or a named port. `min` is the smallest port number accepted: 0 for Cilium
+/// policies (0 = any port), 1 for Kubernetes NetworkPolicies (absent = any port). A string with
+/// a letter is a name and must be an IANA service name; a name takes no end port. Errors name
+/// the sub-field (`port` or `endPort`) and the reason.
 pub(crate) fn port_range(
     port: Option<&StrOrInt>,
     end_port: Option<u32>,
     min: u16,
-) -> Result<(u16, u16), (&'static str, String)> {
+) -> Result<PortSel, (&'static str, String)> {
     let p: u16 = match port {
         None => 0,
         Some(StrOrInt::Int(n)) if (i64::from(min)..=65535).contains(n) => *n as u16,
         Some(StrOrInt::Str(s)) if s.parse::<u16>().is_ok_and(|n| n >= min) => {
             s.parse().expect("checked")
         }
-        Some(StrOrInt::Str(s)) if s.chars().any(|c| c.is_ascii_alphabetic()) => {
-            return Err((
-                "port",
-                format!("named port {s:?} is not known (no named ports are declared)"),
-            ));
+        Some(StrOrInt::Str(s)) if s.chars().any(|c| c.is_alphabetic()) => {
+            periscope_topology::check_port_name(s).map_err(|r| ("port", r))?;
+            if let Some(e) = end_port.filter(|e| *e != 0) {
+                return Err((
+                    "endPort",
+                    format!("{e}: a named port ({s:?}) takes no end port"),
+                ));
+            }
+            return Ok(PortSel::Named(s.clone()));
         }
         Some(other) => return Err(("port", format!("{other} is not a port ({min}-65535)"))),
     };
@@ -951,7 +985,7 @@ pub(crate) fn port_range(
             format!("range {p}-{end} is wider than 8192 ports"),
         ));
     }
-    Ok((p, end))
+    Ok(PortSel::Range(p, end))
 }
 
 fn icmp_type(v: &StrOrInt, v6: bool) -> Result<u8, String> {
@@ -1096,12 +1130,62 @@ impl FromStr for Mode {
 // Compilation.
 // ---------------------------------------------------------------------------------------------
 
+/// Named ports of endpoints: (name, protocol) → port numbers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NamedPorts(BTreeMap<(String, u8), BTreeSet<u16>>);
+
+impl NamedPorts {
+    /// The named container ports of a pod.
+    pub fn of_pod(pod: &periscope_topology::Pod) -> Self {
+        let mut out = NamedPorts::default();
+        for p in &pod.ports {
+            if let Some(name) = &p.name {
+                out.insert(name, p.protocol.number(), p.container_port);
+            }
+        }
+        out
+    }
+
+    /// Adds a port.
+    pub fn insert(&mut self, name: &str, proto: u8, port: u16) {
+        self.0
+            .entry((name.to_string(), proto))
+            .or_default()
+            .insert(port);
+    }
+
+    /// Adds every port of `other`.
+    pub fn extend(&mut self, other: &NamedPorts) {
+        for (k, ports) in &other.0 {
+            self.0.entry(k.clone()).or_default().extend(ports);
+        }
+    }
+
+    /// The numbers of `name` for `proto`.
+    pub fn get(&self, name: &str, proto: u8) -> impl Iterator<Item = u16> + '_ {
+        self.0
+            .get(&(name.to_string(), proto))
+            .into_iter()
+            .flatten()
+            .copied()
+    }
+
+    /// Whether no port is named.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Identities the compiler resolves selectors against.
 pub struct Universe<'a> {
     /// Label-set identities of the cluster's endpoints.
     pub identities: &'a Identities,
     /// CIDR identities: prefix → identity.
     pub cidr_identities: &'a BTreeMap<IpNet, u32>,
+    /// Named ports of the endpoints by identity (for egress named ports to endpoint peers).
+    pub named_ports: &'a BTreeMap<u32, NamedPorts>,
+    /// Named ports of every endpoint together (for egress named ports to other peers).
+    pub all_named_ports: &'a NamedPorts,
 }
 
 impl Universe<'_> {
@@ -1184,6 +1268,8 @@ pub struct EndpointCtx<'a> {
     pub namespace: &'a str,
     /// Enforcement mode for this endpoint.
     pub mode: Mode,
+    /// The endpoint's own named ports (for ingress named ports).
+    pub named_ports: &'a NamedPorts,
 }
 
 /// The compiled policy of one endpoint.
@@ -1234,10 +1320,20 @@ pub fn compile(ep: &EndpointCtx<'_>, set: &PolicySet, universe: &Universe<'_>) -
                     }
                     for peer in &section.peers {
                         for id in universe.peers(peer) {
+                            // Named ports: the endpoint's own on ingress, the peer's on egress.
+                            let named = if section.direction == dp::dir::INGRESS {
+                                ep.named_ports
+                            } else {
+                                universe
+                                    .named_ports
+                                    .get(&id)
+                                    .unwrap_or(universe.all_named_ports)
+                            };
                             add_entries(
                                 &mut entries,
                                 id,
                                 peer,
+                                named,
                                 section.direction,
                                 section.deny,
                                 rule_id,
@@ -1268,6 +1364,7 @@ fn add_entries(
     entries: &mut BTreeMap<PolicyKey, PolicyEntry>,
     identity: u32,
     peer: &PeerSpec,
+    named: &NamedPorts,
     direction: u8,
     deny: bool,
     rule_id: u32,
@@ -1287,7 +1384,7 @@ fn add_entries(
             }
         }
     };
-    if peer.ports.is_empty() {
+    if !peer.has_ports() {
         put(0, 0);
     } else {
         for &(port, end, proto) in &peer.ports {
@@ -1295,7 +1392,42 @@ fn add_entries(
                 put(p, proto);
             }
         }
+        // A name the endpoint (ingress) or peer (egress) does not define allows nothing.
+        for (name, proto) in &peer.named_ports {
+            for p in named.get(name, *proto) {
+                put(p, *proto);
+            }
+        }
     }
+}
+
+/// One line per (policy, named port) that no endpoint defines for any protocol the rule names:
+/// such a port allows nothing until an endpoint defines it.
+pub fn undefined_named_ports(set: &PolicySet, defined: &NamedPorts) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for p in &set.policies {
+        for rule in &p.rules {
+            for section in &rule.sections {
+                for peer in &section.peers {
+                    for (name, _) in &peer.named_ports {
+                        let resolved = peer
+                            .named_ports
+                            .iter()
+                            .filter(|(n, _)| n == name)
+                            .any(|(n, proto)| defined.get(n, *proto).next().is_some());
+                        if !resolved {
+                            out.insert(format!(
+                                "{} {}: named port {name:?} is not defined by any endpoint; the rule allows nothing on it",
+                                p.kind,
+                                p.full_name()
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -1346,12 +1478,15 @@ spec:
         let u = Universe {
             identities: &ids,
             cidr_identities: &cidr,
+            named_ports: &BTreeMap::new(),
+            all_named_ports: &NamedPorts::default(),
         };
         let pol = compile(
             &EndpointCtx {
                 labels: &db,
                 namespace: "default",
                 mode: Mode::Default,
+                named_ports: &NamedPorts::default(),
             },
             &set,
             &u,
@@ -1374,6 +1509,7 @@ spec:
                 labels: &emp,
                 namespace: "default",
                 mode: Mode::Default,
+                named_ports: &NamedPorts::default(),
             },
             &set,
             &u,
@@ -1386,6 +1522,7 @@ spec:
                 labels: &db,
                 namespace: "default",
                 mode: Mode::Never,
+                named_ports: &NamedPorts::default(),
             },
             &set,
             &u,
@@ -1396,6 +1533,7 @@ spec:
                 labels: &emp,
                 namespace: "default",
                 mode: Mode::Always,
+                named_ports: &NamedPorts::default(),
             },
             &set,
             &u,
@@ -1431,12 +1569,15 @@ spec:
         let u = Universe {
             identities: &ids,
             cidr_identities: &cidrs,
+            named_ports: &BTreeMap::new(),
+            all_named_ports: &NamedPorts::default(),
         };
         let pol = compile(
             &EndpointCtx {
                 labels: &web,
                 namespace: "a",
                 mode: Mode::Default,
+                named_ports: &NamedPorts::default(),
             },
             &set,
             &u,
@@ -1488,8 +1629,20 @@ spec:
                 "spec.ingress[0].toEntities",
             ),
             (
-                SEED_000.replace("port: \"6379\"", "port: http"),
-                "named port",
+                SEED_000.replace("port: \"6379\"", "port: HTTP"),
+                "spec.ingress[0].toPorts[0].ports[0].port: \"HTTP\" is not a valid port name",
+            ),
+            (
+                SEED_000.replace("port: \"6379\"", "port: http--alt"),
+                "spec.ingress[0].toPorts[0].ports[0].port",
+            ),
+            (
+                SEED_000.replace("port: \"6379\"", "port: a-very-long-port-name"),
+                "1-15 characters",
+            ),
+            (
+                SEED_000.replace("port: \"6379\"", "port: http\n        endPort: 90"),
+                "spec.ingress[0].toPorts[0].ports[0].endPort",
             ),
         ];
         for (yaml, needle) in cases {
@@ -1499,6 +1652,157 @@ spec:
             assert!(err.contains(needle), "{err:?} should contain {needle:?}");
             assert!(err.contains("bad.yaml"), "{err:?} should name the file");
         }
+    }
+
+    const NAMED: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web-http, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: http, protocol: TCP}]}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client-out, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchExpressions: [{key: app, operator: In, values: [web, api]}]}]
+    toPorts: [{ports: [{port: http}]}]
+  - toCIDR: [192.0.2.0/24]
+    toPorts: [{ports: [{port: http, protocol: TCP}, {port: "22", protocol: TCP}]}]
+  - toPorts: [{ports: [{port: nope, protocol: TCP}]}]
+"#;
+
+    /// Ingress named ports resolve against the selected endpoint's own ports; egress ones
+    /// against each peer's (different numbers on different peers each apply to their peer),
+    /// and against every endpoint's for peers that are not endpoints.
+    #[test]
+    fn named_ports_resolve_per_endpoint_and_per_peer() {
+        let set = PolicySet::parse(NAMED, Path::new("named.yaml")).unwrap();
+        let (web, api, client) = (
+            labels(&[("app", "web")], "shop"),
+            labels(&[("app", "api")], "shop"),
+            labels(&[("app", "client")], "shop"),
+        );
+        let ids = Identities::allocate([&web, &api, &client]);
+        let id = |l: &LabelSet| ids.id_of(l).unwrap();
+        let cidrs: BTreeMap<IpNet, u32> = set
+            .cidrs()
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| (c, dp::IDENTITY_FIRST_CIDR + i as u32))
+            .collect();
+        let ports = |list: &[(&str, u8, u16)]| {
+            let mut n = NamedPorts::default();
+            for (name, proto, port) in list {
+                n.insert(name, *proto, *port);
+            }
+            n
+        };
+        let (tcp, udp) = (dp::proto::TCP, dp::proto::UDP);
+        let web_ports = ports(&[("http", tcp, 8080)]);
+        let api_ports = ports(&[
+            ("http", tcp, 9090),
+            ("http", udp, 9091),
+            ("grpc", tcp, 50051),
+        ]);
+        let by_id = BTreeMap::from([
+            (id(&web), web_ports.clone()),
+            (id(&api), api_ports.clone()),
+            (id(&client), NamedPorts::default()),
+        ]);
+        let mut all = NamedPorts::default();
+        all.extend(&web_ports);
+        all.extend(&api_ports);
+        let u = Universe {
+            identities: &ids,
+            cidr_identities: &cidrs,
+            named_ports: &by_id,
+            all_named_ports: &all,
+        };
+        let compile_for = |l: &LabelSet, own: &NamedPorts| {
+            compile(
+                &EndpointCtx {
+                    labels: l,
+                    namespace: "shop",
+                    mode: Mode::Default,
+                    named_ports: own,
+                },
+                &set,
+                &u,
+            )
+        };
+        // Ingress: web's own http port, for the client only.
+        let w = compile_for(&web, &web_ports);
+        let ingress: Vec<_> = w
+            .entries
+            .keys()
+            .filter(|k| k.direction == dp::dir::INGRESS)
+            .copied()
+            .collect();
+        assert_eq!(
+            ingress,
+            vec![PolicyKey::new(id(&client), 8080, tcp, dp::dir::INGRESS)]
+        );
+        assert!(w.ingress_enforced);
+        // The same policy on an endpoint with another number for http: that number.
+        let other = ports(&[("http", tcp, 8443)]);
+        let w2 = compile_for(&web, &other);
+        assert!(
+            w2.entries
+                .contains_key(&PolicyKey::new(id(&client), 8443, tcp, dp::dir::INGRESS))
+        );
+        assert!(!w2.entries.contains_key(&PolicyKey::new(
+            id(&client),
+            8080,
+            tcp,
+            dp::dir::INGRESS
+        )));
+        // An endpoint without the name: nothing allowed, still enforced.
+        let none = compile_for(&web, &NamedPorts::default());
+        assert!(none.ingress_enforced);
+        assert!(!none.entries.keys().any(|k| k.direction == dp::dir::INGRESS));
+
+        // Egress: each peer its own number, for each protocol the name has (protocol ANY).
+        let c = compile_for(&client, &NamedPorts::default());
+        let eg = |ident, port, proto| {
+            c.entries
+                .contains_key(&PolicyKey::new(ident, port, proto, dp::dir::EGRESS))
+        };
+        assert!(eg(id(&web), 8080, tcp));
+        assert!(eg(id(&api), 9090, tcp));
+        assert!(eg(id(&api), 9091, udp));
+        assert!(!eg(id(&web), 9090, tcp), "api's number is not web's");
+        assert!(!eg(id(&api), 8080, tcp), "web's number is not api's");
+        assert!(!eg(id(&api), 50051, tcp), "another name");
+        // A CIDR peer: every number of the name (TCP only, as the rule says), plus port 22.
+        let cidr = cidrs[&"192.0.2.0/24".parse::<IpNet>().unwrap()];
+        assert!(eg(cidr, 8080, tcp) && eg(cidr, 9090, tcp) && eg(cidr, 22, tcp));
+        assert!(!eg(cidr, 9091, udp));
+        // The undefined name allows nothing, anywhere.
+        let egress: Vec<_> = c
+            .entries
+            .keys()
+            .filter(|k| k.direction == dp::dir::EGRESS)
+            .collect();
+        assert_eq!(egress.len(), 6, "{egress:?}");
+        assert!(c.egress_enforced);
+        let warnings = undefined_named_ports(&set, &all);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        let w = warnings.first().unwrap();
+        assert!(
+            w.contains("CiliumNetworkPolicy shop/client-out") && w.contains("\"nope\""),
+            "{w}"
+        );
+        // A name defined only for another protocol than the rule's is undefined too: web-http
+        // and client-out's CIDR rule want http/TCP; its first rule (ANY) takes http/UDP.
+        let udp_only = undefined_named_ports(&set, &ports(&[("http", udp, 1), ("nope", tcp, 2)]));
+        assert_eq!(udp_only.len(), 2, "{udp_only:?}");
+        assert!(udp_only.iter().all(|w| w.contains("\"http\"")));
     }
 
     #[test]
@@ -1558,12 +1862,15 @@ spec:
         let u = Universe {
             identities: &ids,
             cidr_identities: &cidr,
+            named_ports: &BTreeMap::new(),
+            all_named_ports: &NamedPorts::default(),
         };
         let pol = compile(
             &EndpointCtx {
                 labels: &l,
                 namespace: "n",
                 mode: Mode::Default,
+                named_ports: &NamedPorts::default(),
             },
             &set,
             &u,

@@ -4,7 +4,8 @@
 //!
 //! A source that loses its backend (etcd down, API server gone) keeps its last view: the agent
 //! goes on enforcing what it knew, and the source reconnects with backoff and jitter.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,10 +25,43 @@ pub struct SourceView {
     /// Service addresses (ClusterIP, external IPs, endpoint addresses) → (namespace, name), for
     /// naming flows.
     pub services: BTreeMap<std::net::IpAddr, (String, String)>,
+    /// Services with their frontends and backends by (namespace, name), for the agent's
+    /// SERVICE_UPSERTED / SERVICE_DELETED events.
+    pub service_details: BTreeMap<(String, String), ServiceInfo>,
     /// Whether the backend is reachable right now.
     pub connected: bool,
     /// Last error talking to the backend.
     pub last_error: Option<String>,
+}
+
+/// A Kubernetes Service as the agent's SERVICE_* events describe it (Cilium's view of a service:
+/// frontends with the backends they balance to).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// `spec.externalTrafficPolicy` (`Cluster`, `Local`; empty when unset).
+    pub ext_traffic_policy: String,
+    /// `spec.internalTrafficPolicy`.
+    pub int_traffic_policy: String,
+    /// Frontends: every service address with every service port.
+    pub frontends: Vec<Frontend>,
+    /// Ready backends of the service's EndpointSlices by port name (`""` for an unnamed port):
+    /// address and port.
+    pub backends: BTreeMap<String, BTreeSet<(IpAddr, u16)>>,
+}
+
+/// One frontend of a service.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Frontend {
+    /// Address.
+    pub ip: IpAddr,
+    /// Service port.
+    pub port: u16,
+    /// `TCP`, `UDP` or `SCTP`.
+    pub protocol: String,
+    /// The service port's name (what backends are matched by).
+    pub port_name: String,
+    /// Cilium's frontend type: `ClusterIP`, `ExternalIPs` or `LoadBalancer`.
+    pub kind: String,
 }
 
 /// A shared, change-signalling view that a source task writes and the agent reads.
@@ -46,9 +80,17 @@ impl SharedView {
     /// Changes the view and tells the agent if anything that matters changed.
     pub fn update(&self, f: impl FnOnce(&mut SourceView)) {
         let mut v = self.view.lock().expect("view lock");
-        let before = (v.pods.clone(), v.policies.clone(), v.services.clone());
+        let before = (
+            v.pods.clone(),
+            v.policies.clone(),
+            v.services.clone(),
+            v.service_details.clone(),
+        );
         f(&mut v);
-        let changed = before.0 != v.pods || before.1 != v.policies || before.2 != v.services;
+        let changed = before.0 != v.pods
+            || before.1 != v.policies
+            || before.2 != v.services
+            || before.3 != v.service_details;
         drop(v);
         if changed {
             self.changed.notify_one();
@@ -145,6 +187,7 @@ mod tests {
                     interface: None,
                     workload: None,
                     identity: Some(300),
+                    ports: vec![],
                 },
             );
         });

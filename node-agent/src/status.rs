@@ -86,7 +86,8 @@ impl Counters {
 }
 
 /// Writes the status: revision of the applied state, rejected inputs and the last error,
-/// endpoints with their identities and enforcement, policies, warnings and counters.
+/// endpoints with their identities and enforcement, policies, warnings (unsupported policy
+/// features, named ports no endpoint defines) and counters.
 pub fn write(
     dir: &Path,
     state: &State,
@@ -113,6 +114,12 @@ pub fn write(
             })
         })
         .collect();
+    let warnings: Vec<&String> = state
+        .policies
+        .warnings
+        .iter()
+        .chain(&state.named_port_warnings)
+        .collect();
     let doc = json!({
         "node": state.node,
         "cluster": state.cluster,
@@ -126,7 +133,7 @@ pub fn write(
             "kind": p.kind, "name": p.name, "namespace": p.namespace,
             "source": p.source.display().to_string(),
         })).collect::<Vec<_>>(),
-        "warnings": state.policies.warnings,
+        "warnings": warnings,
         "counters": counters,
         "identities": state.identities.iter().map(|(id, l)| json!({
             "id": id, "labels": l.iter().map(|l| l.to_string()).collect::<Vec<_>>(),

@@ -571,6 +571,14 @@ async fn the_initial_list_fills_pods_services_and_policies() {
         v.pods[WEB_1].labels, v.pods[WEB_2].labels,
         "one identity for both replicas"
     );
+    // Named container ports (for policies' named ports); unnamed ones are left out.
+    let named: Vec<(Option<&str>, u16)> = v.pods[WEB_1]
+        .ports
+        .iter()
+        .map(|p| (p.name.as_deref(), p.container_port))
+        .collect();
+    assert_eq!(named, [(Some("http"), 8080)]);
+    assert!(v.pods["db/redis-0"].ports.is_empty());
     let workload = |key: &str| {
         let w = v.pods[key].workload.as_ref().expect("workload");
         (w.kind.clone(), w.name.clone())
@@ -602,6 +610,36 @@ async fn the_initial_list_fills_pods_services_and_policies() {
     .map(|(a, s)| (ip(a), s))
     .collect();
     assert_eq!(v.services, want);
+    // Services with frontends (not the headless one) and the ready backends of their slices.
+    assert_eq!(
+        v.service_details.keys().collect::<Vec<_>>(),
+        [&svc("default", "kubernetes"), &svc("shop", "web")]
+    );
+    let web_svc = &v.service_details[&svc("shop", "web")];
+    let fronts: Vec<(String, u16, &str)> = web_svc
+        .frontends
+        .iter()
+        .map(|f| (f.ip.to_string(), f.port, f.kind.as_str()))
+        .collect();
+    assert_eq!(
+        fronts,
+        [
+            ("10.96.0.10".to_string(), 80, "ClusterIP"),
+            ("203.0.113.10".to_string(), 80, "ExternalIPs"),
+            ("fd00:96::10".to_string(), 80, "ClusterIP"),
+        ]
+    );
+    assert_eq!(
+        web_svc.backends["http"],
+        [
+            (ip("10.0.1.10"), 8080),
+            (ip("10.0.2.11"), 8080),
+            (ip("fd00:10:1::10"), 8080),
+            (ip("fd00:10:2::11"), 8080),
+        ]
+        .into_iter()
+        .collect()
+    );
 
     // Policies: a NetworkPolicy, the seed CNPs and CCNPs, without status or server metadata.
     assert_eq!(

@@ -294,6 +294,38 @@ impl Agent {
         }
     }
 
+    /// Replaces the topology file the agent watches (the test bed itself stays as it is: use it
+    /// for changes the agent sees but the network does not, such as labels or container ports)
+    /// and waits until the agent applied it (the revision grows) or rejected it; returns the
+    /// agent's error for a rejected file.
+    pub fn set_topology(&self, topology: &periscope_topology::Topology) -> Option<String> {
+        let st = self.status();
+        let before = st["revision"].as_u64().unwrap_or(0);
+        let rejected_before = st["rejected"].as_u64().unwrap_or(0);
+        let tmp = self.dir.join(".topology.tmp");
+        fs::write(
+            &tmp,
+            serde_yaml::to_string(topology).expect("topology yaml"),
+        )
+        .expect("write topology");
+        fs::rename(&tmp, self.dir.join("topology.yaml")).expect("replace topology");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let st = self.status();
+            if st["revision"].as_u64().unwrap_or(0) > before {
+                return None;
+            }
+            if st["rejected"].as_u64().unwrap_or(0) > rejected_before {
+                return Some(st["error"].as_str().unwrap_or_default().to_string());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "topology not applied within 10 s: {st}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Every flow in the flow log so far.
     pub fn flows(&self) -> Vec<Flow> {
         let bytes = fs::read(&self.flow_log).unwrap_or_default();

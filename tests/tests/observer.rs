@@ -1,13 +1,18 @@
 //! The agent's Hubble-compatible gRPC API and metrics, end to end: real traffic between pods on
-//! the test bed, flows read back through GetFlows with filters, ServerStatus, health, Peer,
-//! GetNodes, GetNamespaces, and the Prometheus endpoint. Needs root (`cargo xtask test`).
+//! the test bed, flows read back through GetFlows with filters and field masks, ServerStatus,
+//! health, Peer, GetNodes, GetNamespaces, GetAgentEvents, GetDebugEvents, and the Prometheus
+//! endpoint. Needs root (`cargo xtask test`).
 use std::time::Duration;
 
-use periscope_proto::flow::{FlowFilter, Verdict, layer4::Protocol};
+use periscope_proto::flow::{
+    AgentEvent, AgentEventType, FlowFilter, Verdict, agent_event::Notification, layer4::Protocol,
+};
+use periscope_proto::observer::get_flows_request::Experimental;
 use periscope_proto::observer::get_flows_response::ResponseTypes;
 use periscope_proto::observer::observer_client::ObserverClient;
 use periscope_proto::observer::{
-    GetFlowsRequest, GetNamespacesRequest, GetNodesRequest, ServerStatusRequest,
+    GetAgentEventsRequest, GetDebugEventsRequest, GetFlowsRequest, GetNamespacesRequest,
+    GetNodesRequest, ServerStatusRequest,
 };
 use periscope_proto::peer::NotifyRequest;
 use periscope_proto::peer::peer_client::PeerClient;
@@ -371,4 +376,226 @@ fn http_get(addr: &str, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
+}
+
+async fn agent_events(c: &mut ObserverClient<Channel>, number: u64) -> Vec<AgentEvent> {
+    let mut s = c
+        .get_agent_events(GetAgentEventsRequest {
+            number,
+            ..Default::default()
+        })
+        .await
+        .expect("GetAgentEvents")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(r) = s.message().await.expect("stream") {
+        assert_eq!(r.node_name, "n1");
+        assert!(r.time.is_some());
+        out.push(r.agent_event.expect("an agent event"));
+    }
+    out
+}
+
+fn kind(e: &AgentEvent) -> AgentEventType {
+    AgentEventType::try_from(e.r#type).expect("a known type")
+}
+
+/// (labels, revision, rule count) of a policy event.
+fn policy_update(e: &AgentEvent) -> (Vec<String>, u64, i64) {
+    match &e.notification {
+        Some(Notification::PolicyUpdate(p)) => (p.labels.clone(), p.revision, p.rule_count),
+        other => panic!("not a policy event: {other:?}"),
+    }
+}
+
+#[test]
+fn agent_events_debug_events_and_field_masks() {
+    let tb = Testbed::from_yaml(TOPO, TestbedOptions::default()).expect("test bed");
+    let (api, db) = (tb.pod("shop/api"), tb.pod("data/db"));
+    let agent = Agent::start(&tb, "n1", POLICY, &[]);
+    let _srv = TcpEchoServer::start(db, 5432);
+    assert!(traffic::tcp_probe(api, db.v4(5432), T).is_echoed());
+    agent.wait_flows(Duration::from_secs(5), "api -> db", |fl| fl.len() >= 4);
+
+    rt().block_on(async {
+        let mut obs = ObserverClient::new(channel(&agent).await);
+
+        // After the start: what the agent started with, then AGENT_STARTED.
+        let events = agent_events(&mut obs, 0).await;
+        let kinds: Vec<AgentEventType> = events.iter().map(kind).collect();
+        assert_eq!(
+            kinds.last(),
+            Some(&AgentEventType::AgentStarted),
+            "{kinds:?}"
+        );
+        let Some(Notification::AgentStart(start)) = &events.last().unwrap().notification else {
+            panic!("{:?}", events.last());
+        };
+        assert!(start.time.is_some_and(|t| t.seconds > 1_600_000_000));
+        let policies: Vec<_> = events
+            .iter()
+            .filter(|e| kind(e) == AgentEventType::PolicyUpdated)
+            .map(policy_update)
+            .collect();
+        assert_eq!(policies.len(), 1, "{events:?}");
+        assert!(
+            policies[0]
+                .0
+                .contains(&"k8s:io.cilium.k8s.policy.name=db-from-api".to_string())
+        );
+        assert_eq!((policies[0].1, policies[0].2), (1, 1));
+        let mut created: Vec<String> = events
+            .iter()
+            .filter_map(|e| match &e.notification {
+                Some(Notification::EndpointUpdate(u))
+                    if kind(e) == AgentEventType::EndpointCreated =>
+                {
+                    assert!(u.id > 0, "{u:?}");
+                    Some(format!("{}/{}", u.namespace, u.pod_name))
+                }
+                _ => None,
+            })
+            .collect();
+        created.sort();
+        assert_eq!(created, ["data/db", "shop/api", "shop/web"]);
+        let db_ip = events
+            .iter()
+            .filter_map(|e| match &e.notification {
+                Some(Notification::IpcacheUpdate(n)) => Some(n),
+                _ => None,
+            })
+            .find(|n| n.cidr == "10.213.1.1/32")
+            .expect("db's address in the ipcache");
+        assert_eq!(db_ip.identity, agent.identity("data/db"));
+        assert_eq!(agent_events(&mut obs, 1).await.len(), 1, "number");
+
+        // A follower sees a policy change as POLICY_UPDATED with the new revision, then its
+        // removal as POLICY_DELETED.
+        let mut follow = obs
+            .get_agent_events(GetAgentEventsRequest {
+                follow: true,
+                ..Default::default()
+            })
+            .await
+            .expect("follow")
+            .into_inner();
+        let revision = agent.status()["revision"].as_u64().unwrap();
+        assert_eq!(agent.set_policy(&POLICY.replace("5432", "5433")), None);
+        let mut next_policy_event = async || loop {
+            let r = tokio::time::timeout(Duration::from_secs(5), follow.message())
+                .await
+                .expect("an agent event within 5 s")
+                .expect("stream")
+                .expect("open");
+            let e = r.agent_event.expect("an agent event");
+            if matches!(
+                kind(&e),
+                AgentEventType::PolicyUpdated | AgentEventType::PolicyDeleted
+            ) {
+                return e;
+            }
+        };
+        let updated = next_policy_event().await;
+        assert_eq!(kind(&updated), AgentEventType::PolicyUpdated);
+        assert_eq!(policy_update(&updated).1, revision + 1);
+        assert_eq!(agent.set_policy(""), None);
+        let deleted = next_policy_event().await;
+        assert_eq!(kind(&deleted), AgentEventType::PolicyDeleted);
+        assert!(
+            policy_update(&deleted)
+                .0
+                .contains(&"k8s:io.cilium.k8s.policy.namespace=data".to_string())
+        );
+        // Both are also in the history, newest last.
+        let recent: Vec<AgentEventType> = agent_events(&mut obs, 0)
+            .await
+            .iter()
+            .map(kind)
+            .filter(|k| {
+                matches!(
+                    k,
+                    AgentEventType::PolicyUpdated | AgentEventType::PolicyDeleted
+                )
+            })
+            .collect();
+        assert_eq!(
+            recent,
+            [
+                AgentEventType::PolicyUpdated,
+                AgentEventType::PolicyUpdated,
+                AgentEventType::PolicyDeleted
+            ]
+        );
+
+        // Debug events: none (the datapath emits none), and the stream ends.
+        let mut debug = obs
+            .get_debug_events(GetDebugEventsRequest {
+                number: 20,
+                ..Default::default()
+            })
+            .await
+            .expect("GetDebugEvents")
+            .into_inner();
+        assert!(debug.message().await.expect("stream").is_none());
+
+        // Field masks: only the named fields; filters still see whole flows.
+        let mask = |paths: &[&str]| {
+            Some(Experimental {
+                field_mask: Some(prost_types::FieldMask {
+                    paths: paths.iter().map(|p| p.to_string()).collect(),
+                }),
+            })
+        };
+        let masked = get_flows(
+            &mut obs,
+            GetFlowsRequest {
+                number: 100,
+                whitelist: vec![FlowFilter {
+                    destination_pod: vec!["data/db".into()],
+                    ..Default::default()
+                }],
+                experimental: mask(&[
+                    "time",
+                    "source.pod_name",
+                    "verdict",
+                    "l4.TCP.destination_port",
+                ]),
+                ..Default::default()
+            },
+        )
+        .await;
+        assert!(!masked.is_empty());
+        for f in &masked {
+            assert!(f.time.is_some() && f.verdict != 0, "{f:?}");
+            let src = f.source.as_ref().expect("source");
+            assert_eq!(
+                (src.pod_name.as_str(), src.namespace.as_str(), src.identity),
+                ("api", "", 0),
+                "{f:?}"
+            );
+            assert_eq!(dport(f), 5432, "{f:?}");
+            match f.l4.as_ref().and_then(|l| l.protocol) {
+                Some(Protocol::Tcp(t)) => assert_eq!((t.source_port, t.flags), (0, None)),
+                other => panic!("{other:?}"),
+            }
+            assert!(
+                f.destination.is_none()
+                    && f.ip.is_none()
+                    && f.summary.is_empty()
+                    && f.node_name.is_empty()
+                    && f.event_type.is_none(),
+                "{f:?}"
+            );
+        }
+        let err = obs
+            .get_flows(GetFlowsRequest {
+                number: 1,
+                experimental: mask(&["time", "source.pod"]),
+                ..Default::default()
+            })
+            .await
+            .expect_err("a path that is no field");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("source.pod"), "{}", err.message());
+    });
 }

@@ -31,10 +31,10 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use periscope_datapath_common::{
-    CT_F_AUDIT, CT_F_CLOSING_RX, CT_F_CLOSING_TX, CT_F_LOCAL_PEER, CT_F_SEEN_REPLY,
-    CT_SCOPE_EGRESS, CT_SCOPE_INGRESS, CtEntry, CtKey, DatapathConfig, EP_F_AUDIT_EGRESS,
+    CAPTURE_MAX, CT_F_AUDIT, CT_F_CLOSING_RX, CT_F_CLOSING_TX, CT_F_LOCAL_PEER, CT_F_SEEN_REPLY,
+    CT_SCOPE_EGRESS, CT_SCOPE_INGRESS, CtEntry, CtKey, DNS_PORT, DatapathConfig, EP_F_AUDIT_EGRESS,
     EP_F_AUDIT_INGRESS, EP_F_HAS_IPV4, EP_F_HAS_IPV6, EV_F_IPV6, EV_F_NEW, EV_F_REPLY,
-    CAPTURE_MAX, DNS_PORT, EV_F_REPLY_KNOWN, EV_F_REPORT, EVENT_VERSION, EndpointInfo, FlowEvent, IDENTITY_WORLD,
+    EV_F_REPLY_KNOWN, EV_F_REPORT, EVENT_VERSION, EndpointInfo, FlowEvent, IDENTITY_WORLD,
     IPCACHE_F_LOCAL_ENDPOINT, IpcacheKey, IpcacheValue, MetricsValue, POLICY_F_DENY, PolicyEntry,
     PolicyKey, aggregation, capacity, dir, drop, family, match_type, metric, metrics_index, msg,
     obs, proto, tcp, verdict,

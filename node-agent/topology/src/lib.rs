@@ -20,7 +20,17 @@
 //!     interface: lxc0a1b2c3d  # optional; host-side interface name (default: see host_ifname)
 //!     workload: {kind: Deployment, name: frontend}  # optional
 //!     identity: 300           # optional; fixed security identity (default: from the labels)
+//!     ports:                  # optional; the pod's container ports, as Kubernetes' containerPorts
+//!       - {name: http, containerPort: 8080}              # protocol TCP by default
+//!       - {name: dns, containerPort: 53, protocol: UDP}  # TCP, UDP or SCTP
 //! ```
+//!
+//! `ports` give policies' named ports (`toPorts: [{ports: [{port: http}]}]`) their numbers: an
+//! ingress rule resolves a name against the ports of the endpoint it selects, an egress rule
+//! against the ports of its peers. A `name` is an IANA service name (1-15 characters: lower-case
+//! letters, digits and `-`, at least one letter, no `-` at either end or twice in a row), unique
+//! within the pod; ports without a name are allowed and serve no policy. Ports of external
+//! hosts are not used.
 //!
 //! Every error names the file and the offending field or pod.
 use std::collections::{BTreeMap, HashSet};
@@ -97,6 +107,84 @@ pub struct Pod {
     /// A fixed security identity (as assigned by a kvstore); default: derived from the labels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<u32>,
+    /// Container ports (Kubernetes' `containerPorts`): the numbers of policies' named ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ContainerPort>,
+}
+
+/// A port of a pod's containers, as in Kubernetes' `containerPorts`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerPort {
+    /// IANA service name (`http`), unique within the pod: what policies' named ports refer to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Port number, 1-65535.
+    pub container_port: u16,
+    /// Transport protocol (default TCP).
+    #[serde(default)]
+    pub protocol: PortProtocol,
+}
+
+/// Transport protocol of a container port.
+#[derive(
+    Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
+pub enum PortProtocol {
+    /// TCP.
+    #[default]
+    #[serde(rename = "TCP")]
+    Tcp,
+    /// UDP.
+    #[serde(rename = "UDP")]
+    Udp,
+    /// SCTP.
+    #[serde(rename = "SCTP")]
+    Sctp,
+}
+
+impl PortProtocol {
+    /// The IP protocol number (6, 17, 132).
+    pub fn number(self) -> u8 {
+        match self {
+            PortProtocol::Tcp => 6,
+            PortProtocol::Udp => 17,
+            PortProtocol::Sctp => 132,
+        }
+    }
+
+    /// Parses `TCP`, `UDP` or `SCTP` (any case, as kvstores write it).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_uppercase().as_str() {
+            "TCP" => Some(PortProtocol::Tcp),
+            "UDP" => Some(PortProtocol::Udp),
+            "SCTP" => Some(PortProtocol::Sctp),
+            _ => None,
+        }
+    }
+}
+
+/// Checks a port name against Kubernetes' IANA_SVC_NAME: 1-15 characters, lower-case letters,
+/// digits and `-`, at least one letter, no `-` at either end, no `--`.
+pub fn check_port_name(s: &str) -> Result<(), String> {
+    let reason = if s.is_empty() || s.len() > 15 {
+        Some("1-15 characters")
+    } else if !s
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        Some("only lower-case letters, digits and '-'")
+    } else if !s.bytes().any(|b| b.is_ascii_lowercase()) {
+        Some("at least one letter")
+    } else if s.starts_with('-') || s.ends_with('-') || s.contains("--") {
+        Some("no '-' at either end or twice in a row")
+    } else {
+        None
+    };
+    match reason {
+        None => Ok(()),
+        Some(r) => Err(format!("{s:?} is not a valid port name ({r})")),
+    }
 }
 
 impl Pod {
@@ -271,6 +359,25 @@ impl Topology {
             for (k, v) in &p.labels {
                 check_label(k, v).map_err(|r| invalid(at(&format!("labels.{k}")), r))?;
             }
+            let mut port_names = HashSet::new();
+            for (j, port) in p.ports.iter().enumerate() {
+                if port.container_port == 0 {
+                    return Err(invalid(
+                        at(&format!("ports[{j}].containerPort")),
+                        "0 is not a port (1-65535)".into(),
+                    ));
+                }
+                if let Some(name) = &port.name {
+                    check_port_name(name)
+                        .map_err(|r| invalid(at(&format!("ports[{j}].name")), r))?;
+                    if !port_names.insert(name.as_str()) {
+                        return Err(invalid(
+                            at(&format!("ports[{j}].name")),
+                            format!("port name {name:?} is used twice in the pod"),
+                        ));
+                    }
+                }
+            }
             let ifname = p.host_ifname();
             if ifname.is_empty() || ifname.len() > 15 || ifname.contains(['/', ' ']) {
                 return Err(invalid(
@@ -360,6 +467,85 @@ pods:
         assert_eq!(a.host_ifname(), host_ifname("ns1", "a"));
         assert_eq!(a.host_ifname().len(), 11);
         assert_eq!(t.endpoints_of("node-1").count(), 1);
+        assert!(a.ports.is_empty());
+    }
+
+    #[test]
+    fn container_ports_parse_and_round_trip() {
+        let yaml = GOOD.replace(
+            "labels: {app: a},",
+            "labels: {app: a}, ports: [{name: http, containerPort: 8080}, {name: dns, containerPort: 53, protocol: UDP}, {containerPort: 9000, protocol: SCTP}],",
+        );
+        let t = Topology::parse(&yaml, Path::new("t.yaml")).unwrap();
+        let ports = &t.pod("ns1/a").unwrap().ports;
+        assert_eq!(
+            ports,
+            &vec![
+                ContainerPort {
+                    name: Some("http".into()),
+                    container_port: 8080,
+                    protocol: PortProtocol::Tcp
+                },
+                ContainerPort {
+                    name: Some("dns".into()),
+                    container_port: 53,
+                    protocol: PortProtocol::Udp
+                },
+                ContainerPort {
+                    name: None,
+                    container_port: 9000,
+                    protocol: PortProtocol::Sctp
+                },
+            ]
+        );
+        assert_eq!(
+            ports
+                .iter()
+                .map(|p| p.protocol.number())
+                .collect::<Vec<_>>(),
+            [6, 17, 132]
+        );
+        // What the test bed writes for the agent reads back the same.
+        let again =
+            Topology::parse(&serde_yaml::to_string(&t).unwrap(), Path::new("t2.yaml")).unwrap();
+        assert_eq!(again, t);
+        assert!(
+            !serde_yaml::to_string(&Topology::parse(GOOD, Path::new("t.yaml")).unwrap())
+                .unwrap()
+                .contains("ports"),
+            "no ports, no key"
+        );
+    }
+
+    #[test]
+    fn port_names_follow_iana_svc_name() {
+        for ok in [
+            "http",
+            "h",
+            "http-alt",
+            "a1",
+            "1a",
+            "web-8080-x",
+            "abcdefghijklmno",
+        ] {
+            assert!(check_port_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "HTTP",
+            "http_alt",
+            "-http",
+            "http-",
+            "ht--tp",
+            "8080",
+            "abcdefghijklmnop",
+            "héllo",
+        ] {
+            let e = check_port_name(bad).expect_err(bad);
+            assert!(e.contains(&format!("{bad:?}")), "{e}");
+        }
+        assert_eq!(PortProtocol::parse("udp"), Some(PortProtocol::Udp));
+        assert_eq!(PortProtocol::parse("icmp"), None);
     }
 
     #[test]
@@ -379,6 +565,29 @@ pods:
             (
                 GOOD.replace("namespace: ns1, ", ""),
                 "required for endpoints",
+            ),
+            (
+                GOOD.replace("labels: {app: a},", "labels: {app: a}, ports: [{name: HTTP, containerPort: 80}],"),
+                "pods[0] (ns1/a).ports[0].name",
+            ),
+            (
+                GOOD.replace(
+                    "labels: {app: a},",
+                    "labels: {app: a}, ports: [{name: http, containerPort: 80}, {name: http, containerPort: 81}],",
+                ),
+                "pods[0] (ns1/a).ports[1].name",
+            ),
+            (
+                GOOD.replace("labels: {app: a},", "labels: {app: a}, ports: [{containerPort: 0}],"),
+                "pods[0] (ns1/a).ports[0].containerPort",
+            ),
+            (
+                GOOD.replace("labels: {app: a},", "labels: {app: a}, ports: [{containerPort: 80, protocol: ICMP}],"),
+                "unknown variant `ICMP`",
+            ),
+            (
+                GOOD.replace("labels: {app: a},", "labels: {app: a}, ports: [{containerPort: 70000}],"),
+                "t.yaml",
             ),
         ];
         for (yaml, needle) in cases {
