@@ -168,14 +168,33 @@ impl Query {
 }
 
 /// Runs one GetFlows request against the ring, sending responses until done or the client goes.
+/// Where a GetFlows request starts: taken when the request arrives (not when its task first
+/// runs), so a follower misses nothing written in between.
+struct FlowsStart {
+    notify: tokio::sync::watch::Receiver<u64>,
+    end: u64,
+}
+
+impl FlowsStart {
+    fn now(ring: &Ring) -> FlowsStart {
+        let notify = ring.subscribe();
+        FlowsStart {
+            notify,
+            end: ring.written(),
+        }
+    }
+}
+
 async fn serve_flows(
     ring: Arc<Ring>,
+    start: FlowsStart,
     node: String,
     q: Query,
     tx: mpsc::Sender<Result<GetFlowsResponse, Status>>,
 ) {
-    let mut notify = ring.subscribe();
-    let end = ring.written();
+    let FlowsStart {
+        mut notify, end, ..
+    } = start;
     let send = |e: &Event| response_of(e, &node, &q.mask);
     // The historical part.
     let mut history: Vec<Arc<Event>> = Vec::new();
@@ -428,8 +447,9 @@ impl Observer for ObserverService {
     ) -> Result<Response<Self::GetFlowsStream>, Status> {
         let q = Query::parse(req.get_ref())?;
         let (tx, rx) = mpsc::channel(1024);
+        let start = FlowsStart::now(&self.ring);
         let node = self.state.read().await.node.clone();
-        tokio::spawn(serve_flows(self.ring.clone(), node, q, tx));
+        tokio::spawn(serve_flows(self.ring.clone(), start, node, q, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
