@@ -517,10 +517,10 @@ impl FqdnCache {
             if let Answer::Addr { name, ip, ttl } = a {
                 self.insert(*ip, name, *ttl, now_ns);
                 // The question's name, when the address came through a CNAME chain.
-                if let Some(q) = qname.filter(|q| *q != name) {
-                    if chain_reaches(m, q, name) {
-                        self.insert(*ip, q, *ttl, now_ns);
-                    }
+                if let Some(q) = qname.filter(|q| *q != name)
+                    && chain_reaches(m, q, name)
+                {
+                    self.insert(*ip, q, *ttl, now_ns);
                 }
             }
         }

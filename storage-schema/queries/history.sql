@@ -12,14 +12,21 @@
 --                               namespace, the pod of that namespace)
 --   verdict             String  only this verdict, e.g. DROPPED ('' = any)
 --   descending          UInt8   1: newest first (Hubble's --last), 0: oldest first
+--   paged               UInt8   1: only rows after the cursor below (keyset paging), 0: no cursor
+--   after_time_ns       Int64   cursor: time_ns of the last row of the previous page
+--   after_uuid          String  cursor: uuid of the last row of the previous page
 --   limit               UInt32  at most this many rows
+-- Rows come in (time_ns, uuid) order, time_ns descending when `descending`, uuid always
+-- ascending; "after the cursor" means later in that order, so the next page of a long window
+-- starts right after the last row of the previous one and no row is read twice or skipped.
 -- Exact before merges: LIMIT 1 BY uuid returns each flow once even when a replayed copy has not
 -- been merged away yet.
 --
 -- clickhouse-client --database periscope --param_since_ns=1700000000000000000 \
 --   --param_until_ns=1700003600000000000 --param_cluster= --param_node_name= \
 --   --param_namespace=shop --param_pod= --param_verdict=DROPPED --param_descending=1 \
---   --param_limit=100 --queries-file history.sql
+--   --param_paged=0 --param_after_time_ns=0 --param_after_uuid= --param_limit=100 \
+--   --queries-file history.sql
 SELECT
     uuid, time_ns, cluster, node_name, verdict, drop_reason, drop_reason_desc, auth_type,
     flow_type, event_type, event_sub_type, traffic_direction, trace_observation_point,
@@ -59,6 +66,10 @@ WHERE time >= toDateTime(intDiv({since_ns:Int64}, 1000000000))
             AND ({namespace:String} = '' OR source_namespace = {namespace:String}))
         OR (destination_pod_name = {pod:String}
             AND ({namespace:String} = '' OR destination_namespace = {namespace:String})))
+    AND ({paged:UInt8} = 0
+        OR (time_ns = {after_time_ns:Int64} AND uuid > {after_uuid:String})
+        OR ({descending:UInt8} = 1 AND time_ns < {after_time_ns:Int64})
+        OR ({descending:UInt8} = 0 AND time_ns > {after_time_ns:Int64}))
 ORDER BY if({descending:UInt8} = 1, -time_ns, time_ns), uuid
 LIMIT 1 BY uuid
 LIMIT {limit:UInt32}

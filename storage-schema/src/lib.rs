@@ -8,6 +8,7 @@
 //! - [`queries`]: the shipped SQL (`queries/*.sql`), with `{name:Type}` parameters bound
 //!   server-side on modern servers and by a client-side escaping layer on 18.16, and a typed
 //!   wrapper per query.
+//! - [`AlertRow`]: one notification of the relay's alert engine, a row of the `alerts` table.
 //! - [`apply_retention`]: drops expired day partitions (legacy) or sets the TTL (modern).
 //!
 //! # Delivery guarantees
@@ -27,6 +28,7 @@
 
 #![forbid(unsafe_code)]
 
+mod alert_row;
 #[cfg(feature = "arrow")]
 pub mod arrow;
 mod dialect;
@@ -37,6 +39,7 @@ mod sqltext;
 #[cfg(any(test, feature = "test-server"))]
 pub mod testing;
 
+pub use alert_row::{ALERTS_TABLE, AlertRow};
 pub use dialect::{Dialect, ServerVersion, server_version};
 pub use migrate::{
     MIGRATIONS, MigrateConfig, MigrateReport, Migration, RetentionReport, apply_retention,

@@ -69,6 +69,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(1, "0001", "flows"),
     migration!(2, "0002", "flow_edges_1m"),
     migration!(3, "0003", "flows_denied"),
+    migration!(4, "0004", "alerts"),
 ];
 
 /// Tables that hold flows and are partitioned by day (`toYYYYMMDD`), with their TTL column

@@ -308,8 +308,30 @@ pub struct HistoryFilter {
     pub verdict: String,
     /// Newest first (Hubble's `--last N`) instead of oldest first.
     pub descending: bool,
+    /// Keyset paging: only flows after this one in the query's order (`(time_ns, uuid)`, time
+    /// descending when `descending`); `None` from the start of the window.
+    pub after: Option<HistoryCursor>,
     /// At most this many flows.
     pub limit: u32,
+}
+
+/// A position in [`HISTORY`]'s order: the `time_ns` and `uuid` of the last row of a page.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HistoryCursor {
+    /// The row's `time_ns`.
+    pub time_ns: i64,
+    /// The row's `uuid`.
+    pub uuid: String,
+}
+
+impl HistoryCursor {
+    /// The cursor just after `row`.
+    pub fn after(row: &FlowRow) -> Self {
+        Self {
+            time_ns: row.time_ns,
+            uuid: row.uuid.clone(),
+        }
+    }
 }
 
 impl HistoryFilter {
@@ -323,6 +345,7 @@ impl HistoryFilter {
             pod: String::new(),
             verdict: String::new(),
             descending: false,
+            after: None,
             limit,
         }
     }
@@ -645,6 +668,18 @@ pub fn history_params(f: &HistoryFilter) -> Vec<(&'static str, ParamValue)> {
         ("pod", f.pod.as_str().into()),
         ("verdict", f.verdict.as_str().into()),
         ("descending", f.descending.into()),
+        ("paged", f.after.is_some().into()),
+        (
+            "after_time_ns",
+            f.after.as_ref().map_or(0, |c| c.time_ns).into(),
+        ),
+        (
+            "after_uuid",
+            f.after
+                .as_ref()
+                .map_or(String::new(), |c| c.uuid.clone())
+                .into(),
+        ),
         ("limit", f.limit.into()),
     ]
 }

@@ -16,8 +16,8 @@ use clickhouse::Row;
 use periscope_storage::queries::modern_param_text;
 use periscope_storage::testing::full_flow;
 use periscope_storage::{
-    Dialect, FlowRow, MIGRATIONS, MigrateConfig, bootstrap_statements, modern_ttl_statements,
-    render_migration,
+    AlertRow, Dialect, FlowRow, MIGRATIONS, MigrateConfig, bootstrap_statements,
+    modern_ttl_statements, render_migration,
 };
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -99,6 +99,7 @@ fn modern_ddl_and_every_query_run_in_chdb() {
         "modern_migrations": migrations(&config("periscope", 30), Dialect::Modern),
         "legacy_migrations": migrations(&config("periscope_legacy", 30), Dialect::Legacy),
         "flow_columns": FlowRow::COLUMN_NAMES,
+        "alert_columns": AlertRow::COLUMN_NAMES,
         "seed": seed,
         "replay": replay,
         "cases": cases.iter().map(|c| json!({

@@ -88,7 +88,7 @@ def main():
     migrate(sess, plan["modern_migrations"])  # idempotent: a second run changes nothing
     if tables(modern) != before:
         fail(f"re-applying migrations changed the tables: {before} -> {tables(modern)}")
-    expected_tables = ["flow_edges_1m", "flow_edges_1m_mv", "flows", "flows_denied", "flows_denied_mv", "schema_migrations"]
+    expected_tables = ["alerts", "flow_edges_1m", "flow_edges_1m_mv", "flows", "flows_denied", "flows_denied_mv", "schema_migrations"]
     for db in (modern, legacy):
         if tables(db) != expected_tables:
             fail(f"{db} has tables {tables(db)}")
@@ -111,6 +111,21 @@ def main():
             fail(f"column {name}: modern {modern_types[name]} vs legacy {legacy_types[name]}")
     if modern_types["time"] != "DateTime64(9, 'UTC')" or legacy_types["time"] != "DateTime('UTC')":
         fail(f"time types: modern {modern_types['time']}, legacy {legacy_types['time']}")
+
+    # AlertRow's columns, likewise.
+    alert_types = {}
+    for db in (modern, legacy):
+        cols = rows(sess, f"""
+            SELECT name, type, default_kind FROM system.columns
+            WHERE database = '{db}' AND table = 'alerts' ORDER BY position""")
+        insertable = [c["name"] for c in cols if c["default_kind"] == ""]
+        if insertable != plan["alert_columns"]:
+            fail(f"{db}.alerts insertable columns differ from AlertRow's:\n{insertable}\n{plan['alert_columns']}")
+        alert_types[db] = {c["name"]: c["type"] for c in cols}
+    for name in plan["alert_columns"]:
+        m, l = alert_types[modern][name], alert_types[legacy][name]
+        if unwrap_low_cardinality(m) != l:
+            fail(f"alerts column {name}: modern {m} vs legacy {l}")
 
     # Seed, then the replayed copies (a second insert, as after a spool replay).
     for db in (modern, legacy):

@@ -1,6 +1,6 @@
 //! Against a real ClickHouse 18.16 (Debian's), each test on its own private server
-//! ([`TestServer`]): migrations, the FlowRow round trip, every shipped query on seeded flows
-//! (with replayed duplicates), hostile parameters, retention.
+//! ([`TestServer`]): migrations, the FlowRow and AlertRow round trips, every shipped query on
+//! seeded flows (with replayed duplicates), hostile parameters, retention.
 
 mod common;
 
@@ -10,8 +10,8 @@ use clickhouse::Client;
 use periscope_storage::queries::{HistoryFilter, Window};
 use periscope_storage::testing::{TestServer, full_flow};
 use periscope_storage::{
-    Dialect, Error, FlowRow, MigrateConfig, ParamValue, Queries, QuerySpec, apply_retention,
-    migrate,
+    ALERTS_TABLE, AlertRow, Dialect, Error, FlowRow, MigrateConfig, ParamValue, Queries, QuerySpec,
+    apply_retention, migrate,
 };
 
 use common::{Case, Expected, SEC};
@@ -98,12 +98,12 @@ async fn migrations_apply_in_order_and_reapplying_is_a_noop() {
     let first = migrate(&client, &cfg).await.expect("first migrate");
     assert_eq!(first.server_dialect, Dialect::Legacy);
     assert_eq!(first.schema_dialect, Dialect::Legacy);
-    assert_eq!(first.applied, vec![1, 2, 3]);
+    assert_eq!(first.applied, vec![1, 2, 3, 4]);
     assert!(first.already_applied.is_empty());
 
     let second = migrate(&client, &cfg).await.expect("second migrate");
     assert!(second.applied.is_empty(), "{second:?}");
-    assert_eq!(second.already_applied, vec![1, 2, 3]);
+    assert_eq!(second.already_applied, vec![1, 2, 3, 4]);
 
     let tables: Vec<String> = client
         .query_raw("SELECT name FROM system.tables WHERE database = 'periscope_m' ORDER BY name")
@@ -113,6 +113,7 @@ async fn migrations_apply_in_order_and_reapplying_is_a_noop() {
     assert_eq!(
         tables,
         [
+            "alerts",
             "flow_edges_1m",
             "flow_edges_1m_mv",
             "flows",
@@ -126,7 +127,7 @@ async fn migrations_apply_in_order_and_reapplying_is_a_noop() {
         "SELECT count() FROM periscope_m.schema_migrations WHERE dialect = 'legacy'",
     )
     .await;
-    assert_eq!(recorded, 3);
+    assert_eq!(recorded, 4);
 
     // A migration cut short (tables there, not recorded) is finished by the next run.
     client
@@ -142,7 +143,7 @@ async fn migrations_apply_in_order_and_reapplying_is_a_noop() {
     let other = migrate(&client, &config("periscope_other", 7))
         .await
         .expect("other db");
-    assert_eq!(other.applied, vec![1, 2, 3]);
+    assert_eq!(other.applied, vec![1, 2, 3, 4]);
 }
 
 async fn wait_for_mutations(client: &Client, database: &str) {
@@ -231,6 +232,92 @@ async fn flow_rows_round_trip_through_the_server() {
         day,
         periscope_storage::retention_cutoff_day(UNIX_EPOCH + t, 0)
     );
+}
+
+#[tokio::test]
+async fn alert_rows_round_trip_and_keep_the_newest_state() {
+    let server = start();
+    let client = server.client();
+    let cfg = config("periscope_al", 7);
+    migrate(&client, &cfg).await.expect("migrate");
+
+    let t0 = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let firing = AlertRow {
+        fingerprint: "9f2c1e0a7b3d4c5e".into(),
+        starts_at_ns: t0,
+        updated_at_ns: t0 as u64,
+        notification: "firing".into(),
+        state: "firing".into(),
+        rule: "DbDenied".into(),
+        severity: "critical".into(),
+        label_keys: vec!["alertname".into(), "source_workload".into()],
+        label_values: vec!["DbDenied".into(), "evil'pod\\; --".into()],
+        annotation_keys: vec!["summary".into()],
+        annotation_values: vec!["frontend denied 7 times in 1m".into()],
+        active_at_ns: t0 - 5 * SEC,
+        ends_at_ns: 0,
+        count: 7,
+        peak_count: 7,
+        threshold: 5,
+        window_ms: 60_000,
+        sample_flow_uuids: vec!["u1".into(), "u2".into()],
+    };
+    let resolved = AlertRow {
+        updated_at_ns: (t0 + 90 * SEC) as u64,
+        notification: "resolved".into(),
+        state: "resolved".into(),
+        ends_at_ns: t0 + 90 * SEC,
+        count: 0,
+        peak_count: 12,
+        ..firing.clone()
+    };
+    let db_client = client.clone().with_database("periscope_al");
+    // Two inserts, the second replaying the first row (a retried delivery).
+    for rows in [vec![firing.clone()], vec![firing.clone(), resolved.clone()]] {
+        let mut insert = db_client
+            .insert::<AlertRow>(ALERTS_TABLE)
+            .await
+            .expect("starting an insert");
+        for row in &rows {
+            insert.write(row).await.expect("writing an alert row");
+        }
+        insert.end().await.expect("finishing an insert");
+    }
+
+    let latest = "SELECT ?fields FROM periscope_al.alerts \
+                  ORDER BY updated_at_ns DESC LIMIT 1 BY fingerprint, starts_at_ns";
+    let rows: Vec<AlertRow> = client
+        .query(latest)
+        .fetch_all()
+        .await
+        .expect("reading alerts");
+    assert_eq!(
+        rows,
+        vec![resolved.clone()],
+        "the newest state, before merges"
+    );
+    let day = scalar_u64(
+        &client,
+        "SELECT toUInt64(toYYYYMM(starts_at)) FROM periscope_al.alerts LIMIT 1",
+    )
+    .await;
+    assert!(day > 202_000, "starts_at derived from starts_at_ns: {day}");
+
+    client
+        .query_raw("OPTIMIZE TABLE periscope_al.alerts FINAL")
+        .execute()
+        .await
+        .expect("merging");
+    assert_eq!(
+        scalar_u64(&client, "SELECT count() FROM periscope_al.alerts").await,
+        1,
+        "older states and replays collapse"
+    );
+    let rows: Vec<AlertRow> = client.query(latest).fetch_all().await.expect("reading");
+    assert_eq!(rows, vec![resolved]);
 }
 
 #[tokio::test]

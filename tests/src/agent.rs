@@ -23,7 +23,7 @@ pub fn cli_bin() -> PathBuf {
     binary("PERISCOPE_CLI_BIN", "periscope")
 }
 
-fn binary(env: &str, name: &str) -> PathBuf {
+pub(crate) fn binary(env: &str, name: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(env) {
         return PathBuf::from(p);
     }
@@ -234,6 +234,16 @@ impl Agent {
         }
         self.restarts += 1;
         self.spawn();
+    }
+
+    /// Like [`Agent::restart`], listening on the address of the current run again (so clients
+    /// that know it, such as a relay, find the agent again).
+    pub fn restart_same_address(&mut self) {
+        let address = self.api_address();
+        if let Some(i) = self.base_args.iter().position(|a| a == "--listen") {
+            self.base_args[i + 1] = address;
+        }
+        self.restart(None);
     }
 
     /// The status document.

@@ -150,7 +150,7 @@ pub fn answer(zone: &Zone, q: &[u8], ttl: u32) -> Option<Vec<u8>> {
 
 /// Reads the A/AAAA addresses and the rcode of a response.
 pub fn response_addrs(r: &[u8]) -> Option<(u8, Vec<IpAddr>)> {
-    let rcode = (*r.get(3)? & 0x0f) as u8;
+    let rcode = *r.get(3)? & 0x0f;
     let an = u16::from_be_bytes(r.get(6..8)?.try_into().ok()?);
     let (_, _, _, mut at) = read_question(r)?;
     let mut ips = Vec::new();
@@ -211,10 +211,10 @@ impl DnsServer {
                         let Ok((n, peer)) = sock.recv_from(&mut buf) else {
                             continue;
                         };
-                        if let Some(r) = answer(&zone, &buf[..n], ttl) {
-                            if sock.send_to(&r, peer).is_ok() {
-                                answered.fetch_add(1, Ordering::SeqCst);
-                            }
+                        if let Some(r) = answer(&zone, &buf[..n], ttl)
+                            && sock.send_to(&r, peer).is_ok()
+                        {
+                            answered.fetch_add(1, Ordering::SeqCst);
                         }
                     }
                 })?

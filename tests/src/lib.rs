@@ -31,6 +31,7 @@ pub mod agent;
 pub mod dns;
 mod ip;
 pub mod netns;
+pub mod relay;
 pub mod servers;
 mod sys;
 pub mod traffic;

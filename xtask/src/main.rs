@@ -101,7 +101,7 @@ pub fn setup() -> Result<()> {
     run(Command::new("bash").arg(root().join("xtask/setup.sh")))
 }
 
-/// Builds the release agent (and with it the eBPF object) and CLI.
+/// Builds the release agent (and with it the eBPF object), CLI and relay.
 pub fn build_release() -> Result<()> {
     run(Command::new("cargo").current_dir(root()).args([
         "build",
@@ -110,6 +110,8 @@ pub fn build_release() -> Result<()> {
         "periscope-agent",
         "-p",
         "periscope-cli",
+        "-p",
+        "periscope-relay",
     ]))
 }
 
@@ -123,6 +125,11 @@ pub fn agent_bin() -> PathBuf {
     target_dir().join("release/periscope-agent")
 }
 
+/// Path of the release relay binary.
+pub fn relay_bin() -> PathBuf {
+    target_dir().join("release/periscope-relay")
+}
+
 fn test(extra: &[String]) -> Result<()> {
     setup()?;
     build_release()?;
@@ -131,6 +138,7 @@ fn test(extra: &[String]) -> Result<()> {
     cmd.current_dir(root())
         .env("PERISCOPE_AGENT_BIN", agent_bin())
         .env("PERISCOPE_CLI_BIN", cli_bin())
+        .env("PERISCOPE_RELAY_BIN", relay_bin())
         .args([
             "test",
             "--workspace",

@@ -3,6 +3,8 @@
 //! Each [`TestServer`] runs its own server process with its own temporary data directory and its
 //! own free loopback ports (HTTP and native), so tests neither touch nor conflict with a system
 //! server or with each other. Dropping it kills the process and removes the directory.
+//! [`TestServer::stop`] and [`TestServer::restart`] simulate an outage: the process is killed and
+//! later started again on the same data directory and ports.
 //!
 //! The binary is `$PERISCOPE_CLICKHOUSE_SERVER`, else `clickhouse-server` on `PATH`, else
 //! `/usr/sbin/clickhouse-server` (Debian's 18.16; `xtask/setup.sh` installs it).
@@ -20,7 +22,8 @@ const START_ATTEMPTS: usize = 4;
 
 /// A running private server; killed and its data removed on drop.
 pub struct TestServer {
-    child: Child,
+    /// `None` while stopped.
+    child: Option<Child>,
     dir: tempfile::TempDir,
     http_port: u16,
     tcp_port: u16,
@@ -138,18 +141,9 @@ impl TestServer {
         let config = dir.path().join("config.xml");
         std::fs::write(&config, config_xml(dir.path(), http_port, tcp_port))?;
         std::fs::write(dir.path().join("users.xml"), USERS_XML)?;
-        let stdout = std::fs::File::create(dir.path().join("log/stdout.log"))?;
-        let stderr = std::fs::File::create(dir.path().join("log/stderr.log"))?;
-        let child = Command::new(binary)
-            .arg(format!("--config-file={}", config.display()))
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .map_err(|e| io::Error::new(e.kind(), format!("starting {}: {e}", binary.display())))?;
+        let child = spawn(binary, dir.path())?;
         let mut server = Self {
-            child,
+            child: Some(child),
             dir,
             http_port,
             tcp_port,
@@ -158,10 +152,52 @@ impl TestServer {
         Ok(server)
     }
 
+    /// Kills the server process (SIGKILL, like a crash or a lost machine) and waits for it to
+    /// exit; the data directory and the ports stay reserved for [`TestServer::restart`]. A no-op
+    /// when it is already stopped.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same data directory and ports (after
+    /// [`TestServer::stop`]) and waits until it answers. Stops it first if it is running.
+    pub fn restart(&mut self) -> io::Result<()> {
+        self.stop();
+        let binary = server_binary()?;
+        let mut last_error = None;
+        // The ports were free a moment ago; a server that has just been killed may leave them
+        // in use for a short while, so retry.
+        for _ in 0..START_ATTEMPTS * 5 {
+            self.child = Some(spawn(&binary, self.dir.path())?);
+            match self.wait_ready() {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    self.stop();
+                    last_error = Some(e);
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        }
+        Err(last_error.expect("at least one attempt"))
+    }
+
+    /// Whether the server process is running (not stopped and not exited).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     fn wait_ready(&mut self) -> io::Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if let Some(status) = self.child.try_wait()? {
+            let child = self.child.as_mut().ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotConnected, "clickhouse-server is stopped")
+            })?;
+            if let Some(status) = child.try_wait()? {
                 return Err(io::Error::other(format!(
                     "clickhouse-server exited with {status} before answering: {}",
                     self.logs()
@@ -241,7 +277,27 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
+}
+
+/// Starts `binary` on the configuration in `dir` (logs appended to `dir/log`).
+fn spawn(binary: &Path, dir: &Path) -> io::Result<Child> {
+    let log = |name: &str| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("log").join(name))
+    };
+    Command::new(binary)
+        .arg(format!(
+            "--config-file={}",
+            dir.join("config.xml").display()
+        ))
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log("stdout.log")?)
+        .stderr(log("stderr.log")?)
+        .spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("starting {}: {e}", binary.display())))
 }

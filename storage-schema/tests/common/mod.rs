@@ -11,8 +11,8 @@ use periscope_proto::flow::{
 use periscope_storage::FlowRow;
 use periscope_storage::ParamValue;
 use periscope_storage::queries::{
-    self, DeniedByPolicy, DnsFailure, HistoryFilter, NewWorldDestination, PodFlow, QuerySpec,
-    ServiceMapEdge, TcpReset, TopTalker, Window,
+    self, DeniedByPolicy, DnsFailure, HistoryCursor, HistoryFilter, NewWorldDestination, PodFlow,
+    QuerySpec, ServiceMapEdge, TcpReset, TopTalker, Window,
 };
 
 pub const CLUSTER: &str = "c1";
@@ -785,6 +785,29 @@ pub fn cases(t0: i64) -> Vec<Case> {
             ..HistoryFilter::window(wide, 3)
         }),
         expected: Expected::History(last3),
+    });
+    // Keyset paging: the page after a cursor, oldest first and newest first (uuid ascending on
+    // time ties in both orders).
+    cases.push(Case {
+        id: s("history_page_after_cursor"),
+        spec: queries::HISTORY,
+        params: queries::history_params(&HistoryFilter {
+            after: Some(HistoryCursor::after(&all[4])),
+            ..HistoryFilter::window(wide, 5)
+        }),
+        expected: Expected::History(all[5..10].to_vec()),
+    });
+    let mut newest_first = all.clone();
+    newest_first.sort_by(|a, b| (b.time_ns, &a.uuid).cmp(&(a.time_ns, &b.uuid)));
+    cases.push(Case {
+        id: s("history_descending_page_after_cursor"),
+        spec: queries::HISTORY,
+        params: queries::history_params(&HistoryFilter {
+            descending: true,
+            after: Some(HistoryCursor::after(&newest_first[2])),
+            ..HistoryFilter::window(wide, 4)
+        }),
+        expected: Expected::History(newest_first[3..7].to_vec()),
     });
     cases.push(Case {
         id: s("history_dropped_in_data"),

@@ -1,0 +1,632 @@
+//! The relay's settings: command-line flags ([`Cli`]), an optional YAML file ([`FileConfig`],
+//! the same settings with snake_case keys) and the validated result ([`Config`]). A flag given on
+//! the command line overrides the file; a list flag (`--peers`, `--relay-peer`) given at all
+//! replaces the file's list.
+//!
+//! Every error names the flag (and the file, for file problems), e.g.
+//! `--peers "10.0.0.1": expected HOST:PORT` or
+//! `--tls-cert /etc/relay/cert.pem: No such file or directory`.
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::tls::{PeerTlsFiles, ServerTlsFiles, TlsError};
+
+/// Where the relay serves by default (Hubble relay's port).
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:4245";
+/// Port of an agent's Hubble API when a peer address has none (peer-service notifications).
+pub const DEFAULT_AGENT_PORT: u16 = 4244;
+/// Flows held per peer by the merge (Hubble relay's `sort-buffer-len-max`).
+pub const DEFAULT_SORT_BUFFER: usize = 100;
+/// Longest a flow waits in the merge (Hubble relay's `sort-buffer-drain-timeout`).
+pub const DEFAULT_SORT_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest a connection attempt (and a unary call to a peer) may take.
+pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait between two reconnection attempts (the cap of the exponential backoff).
+pub const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The cluster name that does not prefix node names.
+pub const DEFAULT_CLUSTER: &str = "default";
+
+/// The Periscope relay: serves the Hubble Observer API (`observer.Observer`, health) for a whole
+/// fleet by merging the flow streams of many agents, and of other relays (other clusters), into
+/// one stream ordered by flow time.
+///
+/// Peers come from `--peers` (agents), `--peer-service` (an agent's Peer service lists the
+/// nodes and announces changes) and `--relay-peer` (other relays; their nodes are named
+/// `cluster/node`). A peer that is down or fails shows up in GetFlows streams as a node status
+/// event (NODE_UNAVAILABLE / NODE_ERROR) and is redialed with exponential backoff and jitter.
+///
+/// Without TLS flags everything is plain text (a warning is logged). Logging: RUST_LOG
+/// (default `info`).
+#[derive(clap::Parser, Debug, Default, Clone)]
+#[command(name = "periscope-relay", version, about, long_about)]
+pub struct Cli {
+    /// YAML file with the same settings as the flags (snake_case keys: `listen`, `peers`,
+    /// `relay_peers`, `sort_drain_timeout: 1s`, `tls_cert`, ...). Flags given on the command
+    /// line override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to serve the Observer API on [default: 0.0.0.0:4245].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// An agent to merge flows from, `[NAME=]HOST:PORT` (repeatable, or comma-separated). NAME
+    /// is only used until the agent tells its node name.
+    #[arg(long = "peers", value_name = "[NAME=]HOST:PORT", value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// An agent whose Peer service (`peer.Peer/Notify`) lists the nodes: every announced node
+    /// becomes a peer (PEER_ADDED / PEER_UPDATED / PEER_DELETED are followed; an address
+    /// without port gets 4244).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub peer_service: Option<String>,
+    /// Another relay (a remote cluster), `[CLUSTER=]HOST:PORT` (repeatable). Its nodes are
+    /// named `CLUSTER/node` (the prefix is added when the remote's names lack one; without
+    /// CLUSTER the remote's own names are kept, which a relay with --cluster-name prefixes).
+    #[arg(long = "relay-peer", value_name = "[CLUSTER=]HOST:PORT")]
+    pub relay_peers: Vec<String>,
+    /// Name of this relay's cluster: node names of the agents in --peers / --peer-service
+    /// become `CLUSTER/node` unless it is `default` [default: default].
+    #[arg(long, value_name = "NAME")]
+    pub cluster_name: Option<String>,
+    /// Flows held per peer by the time-ordered merge before the oldest is sent regardless
+    /// (bounds memory; a larger buffer orders better under load) [default: 100].
+    #[arg(long, value_name = "FLOWS")]
+    pub sort_buffer: Option<usize>,
+    /// Longest a flow waits in the merge for older flows of other peers; a peer silent this
+    /// long is not waited for (e.g. 1s, 500ms) [default: 1s].
+    #[arg(long, value_name = "DURATION")]
+    pub sort_drain_timeout: Option<String>,
+    /// Longest a connection attempt, and a status call to a peer, may take [default: 5s].
+    #[arg(long, value_name = "DURATION")]
+    pub dial_timeout: Option<String>,
+    /// Longest wait between reconnection attempts to a peer: the cap of the exponential
+    /// backoff (with full jitter) [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    pub retry_timeout: Option<String>,
+    /// TLS certificate chain (PEM) of the relay's server; with --tls-key, serve TLS only.
+    /// Reloaded when the file changes (new connections use the new certificate).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert (reloaded with it).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// CA bundle (PEM) for client certificates: with it every client must present a
+    /// certificate signed by one of these CAs (mutual TLS); others are rejected.
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// CA bundle (PEM) that peers' server certificates must chain to; dial peers with TLS.
+    /// Peer TLS files are read at every connection attempt, so changes apply to new
+    /// connections.
+    #[arg(long, value_name = "FILE")]
+    pub peer_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) presented to peers (needs --peer-tls-key and --peer-tls-ca).
+    #[arg(long, value_name = "FILE")]
+    pub peer_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --peer-tls-cert.
+    #[arg(long, value_name = "FILE")]
+    pub peer_tls_key: Option<PathBuf>,
+    /// Name to verify in peers' certificates [default: the host of each peer's address].
+    #[arg(long, value_name = "NAME")]
+    pub peer_tls_server_name: Option<String>,
+}
+
+/// The YAML configuration file: the flags' settings (see `periscope-relay --help`).
+#[derive(Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Address to serve the Observer API on.
+    pub listen: Option<String>,
+    /// Agents, `[NAME=]HOST:PORT`.
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// An agent whose Peer service lists the nodes.
+    pub peer_service: Option<String>,
+    /// Other relays (remote clusters), `[CLUSTER=]HOST:PORT`.
+    #[serde(default)]
+    pub relay_peers: Vec<String>,
+    /// This relay's cluster name.
+    pub cluster_name: Option<String>,
+    /// Flows held per peer by the merge.
+    pub sort_buffer: Option<usize>,
+    /// Longest a flow waits in the merge, e.g. `1s`.
+    pub sort_drain_timeout: Option<String>,
+    /// Longest a connection attempt may take, e.g. `5s`.
+    pub dial_timeout: Option<String>,
+    /// Cap of the reconnection backoff, e.g. `30s`.
+    pub retry_timeout: Option<String>,
+    /// Server certificate chain (PEM).
+    pub tls_cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// CA bundle for client certificates (mutual TLS).
+    pub tls_client_ca: Option<PathBuf>,
+    /// CA bundle for peers' server certificates.
+    pub peer_tls_ca: Option<PathBuf>,
+    /// Client certificate presented to peers.
+    pub peer_tls_cert: Option<PathBuf>,
+    /// Private key of the client certificate.
+    pub peer_tls_key: Option<PathBuf>,
+    /// Name to verify in peers' certificates.
+    pub peer_tls_server_name: Option<String>,
+}
+
+/// What a peer is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerKind {
+    /// A node agent: one node.
+    Agent,
+    /// Another relay: a remote cluster of nodes.
+    Relay,
+}
+
+/// A peer to dial.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerSpec {
+    /// Node name (agents; replaced by the name the agent reports) or cluster name (relays).
+    pub name: Option<String>,
+    /// `host:port`.
+    pub address: String,
+    /// Agent or relay.
+    pub kind: PeerKind,
+}
+
+/// The validated settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where to serve.
+    pub listen: SocketAddr,
+    /// Static peers (agents, then relays).
+    pub peers: Vec<PeerSpec>,
+    /// Peer service to follow.
+    pub peer_service: Option<String>,
+    /// This relay's cluster.
+    pub cluster_name: String,
+    /// Flows held per peer by the merge.
+    pub sort_buffer: usize,
+    /// Longest a flow waits in the merge.
+    pub sort_drain_timeout: Duration,
+    /// Connection attempt timeout.
+    pub dial_timeout: Duration,
+    /// Backoff cap.
+    pub retry_timeout: Duration,
+    /// The server's TLS files (None: plain text).
+    pub server_tls: Option<ServerTlsFiles>,
+    /// TLS for dialing peers (None: plain text).
+    pub peer_tls: Option<PeerTlsFiles>,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file cannot be read.
+    #[error("reading --config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration file is not valid YAML for [`FileConfig`].
+    #[error("--config {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The cause (names the key and line).
+        #[source]
+        source: serde_yaml::Error,
+    },
+    /// A setting has an invalid value.
+    #[error("{flag} {value:?}: {reason}")]
+    Invalid {
+        /// The flag (file keys are named by their flag).
+        flag: &'static str,
+        /// The value given.
+        value: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A TLS file is missing, unreadable or invalid, or TLS flags do not go together.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+fn invalid(flag: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        flag,
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Parses `1s`, `500ms`, `2m`, `1.5s`, `1h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| "expected a duration such as 500ms, 1s or 2m".to_string())?;
+    let scale = match unit.trim() {
+        "ns" => 1e-9,
+        "us" | "µs" => 1e-6,
+        "ms" => 1e-3,
+        "" | "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        other => return Err(format!("unknown unit {other:?} (use ms, s, m or h)")),
+    };
+    let secs = n * scale;
+    if !secs.is_finite() || secs > 1e9 {
+        return Err("duration out of range".into());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn duration(
+    flag: &'static str,
+    value: Option<&String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) => {
+            let d = parse_duration(v).map_err(|r| invalid(flag, v, r))?;
+            if d.is_zero() {
+                return Err(invalid(flag, v, "must be more than zero"));
+            }
+            Ok(d)
+        }
+    }
+}
+
+/// Checks a `HOST:PORT` address (IPv6 hosts in brackets) and returns it.
+pub fn parse_address(flag: &'static str, s: &str) -> Result<String, ConfigError> {
+    let bad = |reason: &str| invalid(flag, s, reason);
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(bad("expected HOST:PORT"));
+    };
+    if host.is_empty() {
+        return Err(bad("expected HOST:PORT (the host is empty)"));
+    }
+    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        return Err(bad("an IPv6 host must be in brackets: [addr]:port"));
+    }
+    if host.contains(|c: char| c.is_whitespace() || c == '/' || c == '=') {
+        return Err(bad("expected HOST:PORT"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(s.to_string()),
+        _ => Err(bad("the port must be a number from 1 to 65535")),
+    }
+}
+
+/// Parses `[NAME=]HOST:PORT`.
+pub fn parse_peer(flag: &'static str, s: &str, kind: PeerKind) -> Result<PeerSpec, ConfigError> {
+    let (name, address) = match s.split_once('=') {
+        Some((n, a)) => {
+            let n = n.trim();
+            if n.is_empty() || n.contains(char::is_whitespace) {
+                return Err(invalid(
+                    flag,
+                    s,
+                    "the name before `=` is empty or has spaces",
+                ));
+            }
+            (Some(n.to_string()), a.trim())
+        }
+        None => (None, s.trim()),
+    };
+    Ok(PeerSpec {
+        name,
+        address: parse_address(flag, address)?,
+        kind,
+    })
+}
+
+impl Config {
+    /// Reads the `--config` file if any, applies the flags over it and validates the result
+    /// (TLS files are read and parsed once, so a bad path or PEM is reported at start-up).
+    pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => Self::read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Self::from_parts(cli, file)
+    }
+
+    fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if text.trim().is_empty() {
+            return Ok(FileConfig::default());
+        }
+        serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Flags over file, validated.
+    pub fn from_parts(cli: &Cli, file: FileConfig) -> Result<Config, ConfigError> {
+        let pick = |flag: &Option<String>, file: Option<String>| flag.clone().or(file);
+        let pick_path = |flag: &Option<PathBuf>, file: Option<PathBuf>| flag.clone().or(file);
+
+        let listen_s = pick(&cli.listen, file.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen: SocketAddr = listen_s
+            .parse()
+            .map_err(|_| invalid("--listen", &listen_s, "expected IP:PORT, e.g. 0.0.0.0:4245"))?;
+
+        let agents = if cli.peers.is_empty() {
+            file.peers
+        } else {
+            cli.peers.clone()
+        };
+        let relays = if cli.relay_peers.is_empty() {
+            file.relay_peers
+        } else {
+            cli.relay_peers.clone()
+        };
+        let mut peers = Vec::new();
+        for p in agents.iter().filter(|p| !p.trim().is_empty()) {
+            peers.push(parse_peer("--peers", p, PeerKind::Agent)?);
+        }
+        for p in &relays {
+            peers.push(parse_peer("--relay-peer", p, PeerKind::Relay)?);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for p in &peers {
+            if !seen.insert(&p.address) {
+                return Err(invalid(
+                    if p.kind == PeerKind::Agent {
+                        "--peers"
+                    } else {
+                        "--relay-peer"
+                    },
+                    &p.address,
+                    "this address is given twice",
+                ));
+            }
+        }
+        let peer_service = pick(&cli.peer_service, file.peer_service)
+            .map(|a| parse_address("--peer-service", &a))
+            .transpose()?;
+
+        let cluster_name =
+            pick(&cli.cluster_name, file.cluster_name).unwrap_or_else(|| DEFAULT_CLUSTER.into());
+        if cluster_name.is_empty() || cluster_name.contains(|c: char| c == '/' || c.is_whitespace())
+        {
+            return Err(invalid(
+                "--cluster-name",
+                &cluster_name,
+                "must be non-empty, without `/` or spaces",
+            ));
+        }
+        let sort_buffer = cli
+            .sort_buffer
+            .or(file.sort_buffer)
+            .unwrap_or(DEFAULT_SORT_BUFFER);
+        if sort_buffer == 0 {
+            return Err(invalid("--sort-buffer", "0", "must be at least 1"));
+        }
+        let sort_drain_timeout = duration(
+            "--sort-drain-timeout",
+            pick(&cli.sort_drain_timeout, file.sort_drain_timeout).as_ref(),
+            DEFAULT_SORT_DRAIN_TIMEOUT,
+        )?;
+        let dial_timeout = duration(
+            "--dial-timeout",
+            pick(&cli.dial_timeout, file.dial_timeout).as_ref(),
+            DEFAULT_DIAL_TIMEOUT,
+        )?;
+        let retry_timeout = duration(
+            "--retry-timeout",
+            pick(&cli.retry_timeout, file.retry_timeout).as_ref(),
+            DEFAULT_RETRY_TIMEOUT,
+        )?;
+
+        let server_tls = ServerTlsFiles::from_options(
+            pick_path(&cli.tls_cert, file.tls_cert),
+            pick_path(&cli.tls_key, file.tls_key),
+            pick_path(&cli.tls_client_ca, file.tls_client_ca),
+        )?;
+        if let Some(files) = &server_tls {
+            files.load()?;
+        }
+        let peer_tls = PeerTlsFiles::from_options(
+            pick_path(&cli.peer_tls_ca, file.peer_tls_ca),
+            pick_path(&cli.peer_tls_cert, file.peer_tls_cert),
+            pick_path(&cli.peer_tls_key, file.peer_tls_key),
+            pick(&cli.peer_tls_server_name, file.peer_tls_server_name),
+        )?;
+        if let Some(files) = &peer_tls {
+            files.check()?;
+        }
+        Ok(Config {
+            listen,
+            peers,
+            peer_service,
+            cluster_name,
+            sort_buffer,
+            sort_drain_timeout,
+            dial_timeout,
+            retry_timeout,
+            server_tls,
+            peer_tls,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut all = vec!["periscope-relay"];
+        all.extend(args);
+        Cli::try_parse_from(all).expect("flags parse")
+    }
+
+    fn err(args: &[&str]) -> String {
+        Config::load(&cli(args)).expect_err("invalid").to_string()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::load(&cli(&[])).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:4245".parse().unwrap());
+        assert_eq!(c.sort_buffer, 100);
+        assert_eq!(c.sort_drain_timeout, Duration::from_secs(1));
+        assert_eq!(c.cluster_name, "default");
+        assert!(c.peers.is_empty() && c.server_tls.is_none() && c.peer_tls.is_none());
+    }
+
+    #[test]
+    fn peers_and_relay_peers() {
+        let c = Config::load(&cli(&[
+            "--peers",
+            "127.0.0.1:4244,n2=127.0.0.2:4244",
+            "--peers",
+            "[::1]:4244",
+            "--relay-peer",
+            "east=relay.east:4245",
+            "--relay-peer",
+            "127.0.0.1:5000",
+            "--cluster-name",
+            "west",
+        ]))
+        .unwrap();
+        let names: Vec<_> = c
+            .peers
+            .iter()
+            .map(|p| (p.name.as_deref(), p.address.as_str(), p.kind))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                (None, "127.0.0.1:4244", PeerKind::Agent),
+                (Some("n2"), "127.0.0.2:4244", PeerKind::Agent),
+                (None, "[::1]:4244", PeerKind::Agent),
+                (Some("east"), "relay.east:4245", PeerKind::Relay),
+                (None, "127.0.0.1:5000", PeerKind::Relay),
+            ]
+        );
+        assert_eq!(c.cluster_name, "west");
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let e = err(&["--peers", "127.0.0.1"]);
+        assert!(
+            e.contains("--peers \"127.0.0.1\"") && e.contains("HOST:PORT"),
+            "{e}"
+        );
+        let e = err(&["--peers", "127.0.0.1:http"]);
+        assert!(e.contains("--peers") && e.contains("port"), "{e}");
+        let e = err(&["--relay-peer", "=127.0.0.1:4245"]);
+        assert!(e.contains("--relay-peer"), "{e}");
+        let e = err(&["--peers", "::1:4244"]);
+        assert!(e.contains("brackets"), "{e}");
+        let e = err(&["--peers", "a:1", "--peers", "a:1"]);
+        assert!(e.contains("twice"), "{e}");
+        let e = err(&["--listen", "localhost"]);
+        assert!(e.contains("--listen"), "{e}");
+        let e = err(&["--sort-drain-timeout", "soon"]);
+        assert!(e.contains("--sort-drain-timeout \"soon\""), "{e}");
+        let e = err(&["--dial-timeout", "0s"]);
+        assert!(e.contains("--dial-timeout") && e.contains("zero"), "{e}");
+        let e = err(&["--sort-buffer", "0"]);
+        assert!(e.contains("--sort-buffer"), "{e}");
+        let e = err(&["--cluster-name", "a/b"]);
+        assert!(e.contains("--cluster-name"), "{e}");
+        let e = err(&["--peer-service", "agent"]);
+        assert!(e.contains("--peer-service"), "{e}");
+    }
+
+    #[test]
+    fn bad_tls_settings_name_the_flag_and_file() {
+        let e = err(&[
+            "--tls-cert",
+            "/nonexistent/cert.pem",
+            "--tls-key",
+            "/nonexistent/key.pem",
+        ]);
+        assert!(
+            e.contains("--tls-cert") && e.contains("/nonexistent/cert.pem"),
+            "{e}"
+        );
+        let e = err(&["--tls-cert", "/nonexistent/cert.pem"]);
+        assert!(e.contains("--tls-key"), "{e}");
+        let e = err(&["--tls-client-ca", "/x.pem"]);
+        assert!(e.contains("--tls-cert"), "{e}");
+        let e = err(&["--peer-tls-cert", "/c.pem", "--peer-tls-key", "/k.pem"]);
+        assert!(e.contains("--peer-tls-ca"), "{e}");
+        let e = err(&["--peer-tls-ca", "/nonexistent/ca.pem"]);
+        assert!(
+            e.contains("--peer-tls-ca") && e.contains("/nonexistent/ca.pem"),
+            "{e}"
+        );
+        // A file that is not PEM.
+        let dir = std::env::temp_dir().join(format!("relay-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let e = err(&["--peer-tls-ca", junk.to_str().unwrap()]);
+        assert!(e.contains("--peer-tls-ca") && e.contains("junk.pem"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let dir = std::env::temp_dir().join(format!("relay-cfg-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("relay.yaml");
+        std::fs::write(
+            &path,
+            "listen: 127.0.0.1:5555\npeers: [127.0.0.1:1, 127.0.0.1:2]\nsort_drain_timeout: 250ms\ncluster_name: c1\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let c = Config::load(&cli(&["--config", p])).unwrap();
+        assert_eq!(c.listen.port(), 5555);
+        assert_eq!(c.peers.len(), 2);
+        assert_eq!(c.sort_drain_timeout, Duration::from_millis(250));
+        assert_eq!(c.cluster_name, "c1");
+        let c = Config::load(&cli(&[
+            "--config",
+            p,
+            "--peers",
+            "127.0.0.1:3",
+            "--listen",
+            "127.0.0.1:6666",
+        ]))
+        .unwrap();
+        assert_eq!(c.listen.port(), 6666);
+        assert_eq!(c.peers.len(), 1, "a list flag replaces the file's list");
+        assert_eq!(c.cluster_name, "c1");
+        // Unknown keys are rejected with the key and the file named.
+        std::fs::write(&path, "listen: 127.0.0.1:5555\npeer: [a:1]\n").unwrap();
+        let e = err(&["--config", p]);
+        assert!(e.contains("relay.yaml") && e.contains("peer"), "{e}");
+        let e = err(&["--config", "/nonexistent/relay.yaml"]);
+        assert!(e.contains("/nonexistent/relay.yaml"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("1d").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

@@ -1,0 +1,22 @@
+//! Periscope relay: one place to see the whole fleet.
+//!
+//! - peers ([`peers`]: static agents, an agent's Peer service, other relays as remote
+//!   clusters; reconnects with backoff and jitter) and the time-ordered merge of their streams
+//!   ([`merge`], [`fanout`]: bounded sort buffer, drain timeout, node-status events for peers
+//!   that are down or fail), served as the Hubble-compatible Observer API on :4245
+//!   ([`server`]), with optional mutual TLS ([`tls`]); settings in [`config`];
+//! - [`ingest`]: the live merged stream of every peer's flows, for the store and the alerts;
+//! - [`store`]: every flow written to ClickHouse (batched, spooled to disk during outages,
+//!   replayed idempotently), and history read back through the same API;
+//! - [`alerts`]: alert rules on denied flows, evaluated on the live merged stream.
+#![forbid(unsafe_code)]
+
+pub mod alerts;
+pub mod config;
+pub mod fanout;
+pub mod ingest;
+pub mod merge;
+pub mod peers;
+pub mod server;
+pub mod store;
+pub mod tls;
