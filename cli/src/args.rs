@@ -105,6 +105,28 @@ pub enum Command {
     /// (storage-schema/README.md), so pandas, DuckDB or `clickhouse-local … file()` read the
     /// files directly.
     Export(Box<ExportArgs>),
+    /// List the relay's alerts on denied flows (firing, pending and recently resolved), from
+    /// its HTTP API.
+    Alerts(AlertsArgs),
+}
+
+/// Flags of `alerts`.
+#[derive(Debug, Clone, Args)]
+pub struct AlertsArgs {
+    /// The relay's HTTP API (its --http-listen), host:port.
+    #[arg(
+        long,
+        env = "PERISCOPE_API",
+        default_value = "127.0.0.1:12000",
+        value_name = "ADDR"
+    )]
+    pub api: String,
+    /// Only alerts in this state: firing, pending, resolved or all.
+    #[arg(long, default_value = "all", value_name = "STATE")]
+    pub state: String,
+    /// Output: table or json.
+    #[arg(short, long, default_value = "table", value_name = "FORMAT")]
+    pub output: String,
 }
 
 /// Flags of `export`.

@@ -19,6 +19,7 @@ use std::future::Future;
 use std::io::{self, Write};
 use std::time::SystemTime;
 
+pub mod alerts;
 pub mod args;
 pub mod client;
 pub mod export;
@@ -177,6 +178,7 @@ pub async fn run(
         }
         Command::Status => client::status(global, out).await,
         Command::Export(args) => export::export(global, args, err).await,
+        Command::Alerts(args) => alerts::alerts(args, out).await,
         Command::List(ListCommand::Nodes(args)) => client::list_nodes(global, args, out).await,
         Command::List(ListCommand::Namespaces(args)) => {
             client::list_namespaces(global, args, out).await

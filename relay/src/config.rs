@@ -14,6 +14,8 @@ use serde::Deserialize;
 
 use crate::tls::{PeerTlsFiles, ServerTlsFiles, TlsError};
 
+/// Default address of the HTTP API.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:12000";
 /// Where the relay serves by default (Hubble relay's port).
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:4245";
 /// Port of an agent's Hubble API when a peer address has none (peer-service notifications).
@@ -109,6 +111,35 @@ pub struct Cli {
     /// Name to verify in peers' certificates [default: the host of each peer's address].
     #[arg(long, value_name = "NAME")]
     pub peer_tls_server_name: Option<String>,
+    /// ClickHouse HTTP URL (e.g. http://127.0.0.1:8123): store every flow there and answer
+    /// history from it. Without it (and without `store:` in --config) the relay keeps an
+    /// in-memory window of recent flows instead. Other settings: `store:` in the config file.
+    #[arg(long, value_name = "URL", help_heading = "Storage")]
+    pub clickhouse_url: Option<String>,
+    /// ClickHouse database [default: periscope].
+    #[arg(long, value_name = "NAME", help_heading = "Storage")]
+    pub clickhouse_database: Option<String>,
+    /// Directory of the on-disk spool used during ClickHouse outages
+    /// [default: /var/lib/periscope/spool].
+    #[arg(long, value_name = "DIR", help_heading = "Storage")]
+    pub spool_dir: Option<PathBuf>,
+    /// Memory budget of the in-memory window (used without ClickHouse), MiB [default: 256].
+    #[arg(long, value_name = "MIB", help_heading = "Storage")]
+    pub window_memory_mb: Option<usize>,
+    /// Alert rule file or directory (YAML; see deploy/examples/alert-rules/). Re-read when it
+    /// changes; a bad file is rejected and the rules in force stay.
+    #[arg(long, value_name = "PATH", help_heading = "Alerts")]
+    pub alert_rules: Option<PathBuf>,
+    /// Alertmanager base URL to notify (POST /api/v2/alerts), repeatable.
+    #[arg(long = "alertmanager-url", value_name = "URL", help_heading = "Alerts")]
+    pub alertmanager_urls: Vec<String>,
+    /// Generic webhook URL to notify (POST of the alert as JSON), repeatable.
+    #[arg(long = "alert-webhook", value_name = "URL", help_heading = "Alerts")]
+    pub alert_webhooks: Vec<String>,
+    /// Address of the relay's HTTP API (`GET /api/v1/alerts`, `GET /api/v1/status`)
+    /// [default: 127.0.0.1:12000; `off` disables it].
+    #[arg(long, value_name = "ADDR", help_heading = "HTTP API")]
+    pub http_listen: Option<String>,
 }
 
 /// The YAML configuration file: the flags' settings (see `periscope-relay --help`).
@@ -149,6 +180,21 @@ pub struct FileConfig {
     pub peer_tls_key: Option<PathBuf>,
     /// Name to verify in peers' certificates.
     pub peer_tls_server_name: Option<String>,
+    /// ClickHouse storage (every field documented in `StoreConfig`); absent: the in-memory
+    /// window.
+    pub store: Option<crate::store::StoreConfig>,
+    /// The in-memory window (used without `store`).
+    pub window: Option<crate::window::WindowConfig>,
+    /// Alert rule file or directory.
+    pub alert_rules: Option<PathBuf>,
+    /// Alertmanager base URLs.
+    #[serde(default)]
+    pub alertmanager_urls: Vec<String>,
+    /// Generic webhook URLs.
+    #[serde(default)]
+    pub alert_webhooks: Vec<String>,
+    /// Address of the HTTP API, or `off`.
+    pub http_listen: Option<String>,
 }
 
 /// What a peer is.
@@ -194,6 +240,18 @@ pub struct Config {
     pub server_tls: Option<ServerTlsFiles>,
     /// TLS for dialing peers (None: plain text).
     pub peer_tls: Option<PeerTlsFiles>,
+    /// ClickHouse storage (None: the in-memory window).
+    pub store: Option<crate::store::StoreConfig>,
+    /// The in-memory window's settings.
+    pub window: crate::window::WindowConfig,
+    /// Alert rules.
+    pub alert_rules: Option<PathBuf>,
+    /// Alertmanager base URLs.
+    pub alertmanager_urls: Vec<String>,
+    /// Generic webhook URLs.
+    pub alert_webhooks: Vec<String>,
+    /// The HTTP API's address (None: off).
+    pub http_listen: Option<SocketAddr>,
 }
 
 /// A configuration that cannot be used.
@@ -447,7 +505,73 @@ impl Config {
         if let Some(files) = &peer_tls {
             files.check()?;
         }
+
+        let mut store = file.store;
+        if let Some(url) = &cli.clickhouse_url {
+            store
+                .get_or_insert_with(|| crate::store::StoreConfig::new(url.clone()))
+                .url = url.clone();
+        }
+        if let Some(s) = store.as_mut() {
+            if let Some(db) = &cli.clickhouse_database {
+                s.database = db.clone();
+            }
+            if let Some(dir) = &cli.spool_dir {
+                s.spool_dir = dir.clone();
+            }
+            if s.cluster_name.is_empty() || s.cluster_name == DEFAULT_CLUSTER {
+                s.cluster_name = cluster_name.clone();
+            }
+            s.validate()
+                .map_err(|e| invalid("--clickhouse-url", &s.url, e.to_string()))?;
+        } else if cli.clickhouse_database.is_some() || cli.spool_dir.is_some() {
+            return Err(invalid(
+                if cli.spool_dir.is_some() {
+                    "--spool-dir"
+                } else {
+                    "--clickhouse-database"
+                },
+                "",
+                "needs --clickhouse-url (or `store:` in --config)",
+            ));
+        }
+        let mut window = file.window.unwrap_or_default();
+        if let Some(mb) = cli.window_memory_mb {
+            if mb == 0 {
+                return Err(invalid("--window-memory-mb", "0", "must be at least 1"));
+            }
+            window.memory_budget_bytes = mb << 20;
+        }
+        let alertmanager_urls = if cli.alertmanager_urls.is_empty() {
+            file.alertmanager_urls
+        } else {
+            cli.alertmanager_urls.clone()
+        };
+        let alert_webhooks = if cli.alert_webhooks.is_empty() {
+            file.alert_webhooks
+        } else {
+            cli.alert_webhooks.clone()
+        };
+        let http_s =
+            pick(&cli.http_listen, file.http_listen).unwrap_or_else(|| DEFAULT_HTTP_LISTEN.into());
+        let http_listen = if http_s == "off" {
+            None
+        } else {
+            Some(http_s.parse().map_err(|_| {
+                invalid(
+                    "--http-listen",
+                    &http_s,
+                    "expected IP:PORT, e.g. 127.0.0.1:12000, or off",
+                )
+            })?)
+        };
         Ok(Config {
+            store,
+            window,
+            alert_rules: pick_path(&cli.alert_rules, file.alert_rules),
+            alertmanager_urls,
+            alert_webhooks,
+            http_listen,
             listen,
             peers,
             peer_service,

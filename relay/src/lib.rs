@@ -12,11 +12,14 @@
 #![forbid(unsafe_code)]
 
 pub mod alerts;
+pub mod api;
 pub mod config;
 pub mod fanout;
+pub mod history;
 pub mod ingest;
 pub mod merge;
 pub mod peers;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod window;

@@ -4,12 +4,23 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use periscope_proto::flow::Flow;
 use periscope_proto::observer::observer_server::ObserverServer;
+use periscope_relay::alerts::{
+    Alerting, AlertingConfig, AlertmanagerConfig, Receiver, WebhookConfig,
+};
+use periscope_relay::api::{ApiState, StorageStatus};
 use periscope_relay::config::{Cli, Config, DEFAULT_CLUSTER};
 use periscope_relay::fanout::MergeOptions;
+use periscope_relay::history::{ClickHouseHistory, HistorySource, WindowHistory};
+use periscope_relay::ingest::spawn_ingest;
 use periscope_relay::peers::{Origin, Pool, PoolOptions, follow_peer_service};
 use periscope_relay::server::RelayService;
+use periscope_relay::store::{History, Writer, WriterHandle};
 use periscope_relay::tls::{ReloadingServerConfig, tls_incoming};
+use periscope_relay::window::Window;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 /// Longest the relay waits for open streams to end at shutdown.
@@ -44,6 +55,50 @@ fn relay_name(cluster: &str) -> String {
         host
     } else {
         format!("{cluster}/{host}")
+    }
+}
+
+/// Feeds every flow of the ingest stream to the alert engine and the store, in batches.
+async fn consume(
+    mut rx: tokio::sync::broadcast::Receiver<Arc<Flow>>,
+    alerting: Arc<Alerting>,
+    writer: Option<WriterHandle>,
+    window: Option<Arc<Mutex<Window>>>,
+    lagged: Arc<AtomicU64>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    const BATCH: usize = 512;
+    let mut batch: Vec<Flow> = Vec::with_capacity(BATCH);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        let flush = tokio::select! {
+            r = rx.recv() => match r {
+                Ok(f) => {
+                    alerting.observe(&f);
+                    batch.push(Flow::clone(&f));
+                    batch.len() >= BATCH
+                }
+                Err(RecvError::Lagged(n)) => {
+                    lagged.fetch_add(n, Ordering::Relaxed);
+                    tracing::warn!(flows = n, "storage and alerting fell behind the live stream");
+                    false
+                }
+                Err(RecvError::Closed) => break,
+            },
+            _ = tick.tick() => true,
+        };
+        if flush {
+            if let Some(w) = &window {
+                // Also seals an aged open batch when nothing arrives.
+                w.lock().expect("window lock").push(&batch);
+            }
+            if let Some(h) = &writer
+                && !batch.is_empty()
+            {
+                let _ = h.try_send(std::mem::take(&mut batch));
+            }
+            batch.clear();
+        }
     }
 }
 
@@ -100,6 +155,85 @@ async fn run(config: Config) -> Result<()> {
         relay_name: relay_name(&config.cluster_name),
     };
 
+    // The live merged stream feeds the alert engine and the store (ClickHouse or the window).
+    let ingest = spawn_ingest(pool.clone(), merge.clone(), stop.clone());
+    let mut receivers = Vec::new();
+    for url in &config.alertmanager_urls {
+        receivers.push(Receiver::Alertmanager(AlertmanagerConfig::new(url.clone())));
+    }
+    for url in &config.alert_webhooks {
+        receivers.push(Receiver::Webhook(WebhookConfig { url: url.clone() }));
+    }
+    if let Some(store) = &config.store {
+        receivers.push(Receiver::ClickHouse {
+            client: Box::new(store.client().context("ClickHouse client")?),
+            database: store.database.clone(),
+        });
+    }
+    let alerting = Arc::new(
+        Alerting::start(AlertingConfig {
+            rules_path: config.alert_rules.clone(),
+            receivers,
+            ..AlertingConfig::default()
+        })
+        .context("--alert-rules")?,
+    );
+    let (history, writer, window): (Arc<dyn HistorySource>, Option<Writer>, _) = match &config.store
+    {
+        Some(cfg) => {
+            let writer = Writer::start(cfg.clone()).context("ClickHouse writer")?;
+            let history = History::new(cfg).context("ClickHouse history")?;
+            tracing::info!(url = %cfg.url, database = %cfg.database, "storing flows in ClickHouse");
+            (Arc::new(ClickHouseHistory(history)), Some(writer), None)
+        }
+        None => {
+            let w = Arc::new(Mutex::new(Window::new(config.window, &config.cluster_name)));
+            tracing::info!(
+                budget_bytes = config.window.memory_budget_bytes,
+                "no ClickHouse configured: keeping recent flows in memory"
+            );
+            (Arc::new(WindowHistory(w.clone())), None, Some(w))
+        }
+    };
+    let lagged = Arc::new(AtomicU64::new(0));
+    tokio::spawn(consume(
+        ingest.subscribe(),
+        alerting.clone(),
+        writer.as_ref().map(|w| w.handle()),
+        window.clone(),
+        lagged.clone(),
+    ));
+    let storage_status: Box<dyn Fn() -> StorageStatus + Send + Sync> = match (&writer, &window) {
+        (Some(w), _) => {
+            let h = w.handle();
+            Box::new(move || StorageStatus::Clickhouse(h.stats()))
+        }
+        (None, Some(w)) => {
+            let w = w.clone();
+            Box::new(move || StorageStatus::Window(w.lock().expect("window lock").stats()))
+        }
+        (None, None) => unreachable!("a store or a window"),
+    };
+    if let Some(addr) = config.http_listen {
+        let api = periscope_relay::api::router(Arc::new(ApiState {
+            alerting: alerting.clone(),
+            storage: storage_status,
+            ingest_lagged: lagged.clone(),
+        }));
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--http-listen {addr}"))?;
+        tracing::info!(address = %l.local_addr()?, "serving the HTTP API");
+        let mut stopped = stop.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(l, api)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await;
+        });
+    }
+
     let (health, health_svc) = tonic_health::server::health_reporter();
     health
         .set_service_status(
@@ -107,8 +241,10 @@ async fn run(config: Config) -> Result<()> {
             tonic_health::ServingStatus::Serving,
         )
         .await;
-    let observer = ObserverServer::new(RelayService::new(pool.clone(), merge, stop.clone()))
-        .max_encoding_message_size(16 << 20);
+    let observer = ObserverServer::new(
+        RelayService::new(pool.clone(), merge, stop.clone()).with_history(history),
+    )
+    .max_encoding_message_size(16 << 20);
     let router = tonic::transport::Server::builder()
         .add_service(health_svc)
         .add_service(observer);
@@ -141,6 +277,10 @@ async fn run(config: Config) -> Result<()> {
         None => tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await.ok(),
     };
     pool.close();
+    alerting.shutdown(Duration::from_secs(2)).await;
+    if let Some(w) = writer {
+        w.shutdown().await;
+    }
     match result {
         Some(Ok(Ok(()))) => tracing::info!("stopped"),
         Some(Ok(Err(e))) => return Err(e).context("gRPC server"),

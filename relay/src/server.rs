@@ -37,6 +37,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::fanout::{self, BoxFuture, MergeOptions, Rpc, Window, nanos, now_ts, timestamp};
+use crate::history::{HistorySource, serve_stored, wants_history};
 use crate::peers::{Peer, Pool, fetch_nodes};
 
 /// Version string of ServerStatus.
@@ -325,6 +326,7 @@ pub struct RelayService {
     merge: MergeOptions,
     started: Instant,
     shutdown: watch::Receiver<bool>,
+    history: Option<Arc<dyn HistorySource>>,
 }
 
 impl RelayService {
@@ -335,7 +337,60 @@ impl RelayService {
             merge,
             started: Instant::now(),
             shutdown,
+            history: None,
         }
+    }
+
+    /// Answers GetFlows requests with `since`/`until` from `history` (see [`crate::history`]).
+    pub fn with_history(mut self, history: Arc<dyn HistorySource>) -> Self {
+        self.history = Some(history);
+        self
+    }
+
+    /// A stored part from the history, then (with follow) the live stream without the flows
+    /// sent already.
+    fn history_stream(
+        &self,
+        history: Arc<dyn HistorySource>,
+        req: GetFlowsRequest,
+    ) -> BoxStream<GetFlowsResponse> {
+        let (tx, rx) = mpsc::channel(1024);
+        let (pool, merge, shutdown) =
+            (self.pool.clone(), self.merge.clone(), self.shutdown.clone());
+        tokio::spawn(async move {
+            let live = match serve_stored(&*history, &req, &tx).await {
+                Ok(Some(live)) => live,
+                Ok(None) => return,
+                Err(status) => {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            };
+            let (live_req, seen) = live;
+            let live_req = match FlowsReq::new(live_req) {
+                Ok(r) => r,
+                Err(status) => {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            };
+            let (ltx, mut lrx) = mpsc::channel(1024);
+            fanout::spawn::<Flows>(pool, live_req, merge, ltx, shutdown);
+            while let Some(r) = lrx.recv().await {
+                if let Ok(GetFlowsResponse {
+                    response_types: Some(ResponseTypes::Flow(f)),
+                    ..
+                }) = &r
+                    && seen.contains(&f.uuid)
+                {
+                    continue;
+                }
+                if tx.send(r).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Box::pin(ReceiverStream::new(rx))
     }
 
     fn timeout(&self) -> Duration {
@@ -454,7 +509,20 @@ impl Observer for RelayService {
         &self,
         req: Request<GetFlowsRequest>,
     ) -> Result<Response<Self::GetFlowsStream>, Status> {
-        let r = FlowsReq::new(req.into_inner())?;
+        let req = req.into_inner();
+        if let Some(h) = &self.history
+            && wants_history(&**h, &req)
+        {
+            // Validate as a forwarded request would be (filters, first/follow, since/until).
+            FlowsReq::new(req.clone())?;
+            tracing::debug!(
+                number = req.number,
+                follow = req.follow,
+                "GetFlows from history"
+            );
+            return Ok(Response::new(self.history_stream(h.clone(), req)));
+        }
+        let r = FlowsReq::new(req)?;
         tracing::debug!(
             number = r.wire.number,
             follow = r.wire.follow,

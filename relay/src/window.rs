@@ -50,7 +50,7 @@ impl Default for WindowConfig {
 }
 
 /// Counters of the window.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct WindowStats {
     /// Flows held (sealed and open).
     pub flows: u64,

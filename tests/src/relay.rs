@@ -46,6 +46,10 @@ impl Relay {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("relay scratch dir");
         let mut all = vec!["--listen".to_string(), format!("127.0.0.1:{port}")];
+        // The HTTP API's default port is shared: tests name one when they use it.
+        if !args.contains(&"--http-listen") {
+            all.extend(["--http-listen".to_string(), "off".to_string()]);
+        }
         all.extend(args.iter().map(|s| s.to_string()));
         let mut r = Relay {
             child: None,

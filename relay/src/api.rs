@@ -1,0 +1,80 @@
+//! The relay's HTTP API (JSON, axum): what `periscope alerts` and `periscope status` read beside
+//! the gRPC Observer API, and what the web UI will build on.
+//!
+//! - `GET /api/v1/alerts`: firing, pending and recently resolved alerts (`alerts::Alert` JSON);
+//!   `?state=firing|pending|resolved` selects one state.
+//! - `GET /api/v1/status`: the storage's and the alerting's counters.
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+
+use crate::alerts::{AlertState, Alerting};
+
+/// What the status endpoint reports about storage.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StorageStatus {
+    /// ClickHouse, with the writer's counters.
+    Clickhouse(crate::store::WriterStats),
+    /// The in-memory window.
+    Window(crate::window::WindowStats),
+}
+
+/// Where the API's answers come from.
+pub struct ApiState {
+    /// The alert engine.
+    pub alerting: Arc<Alerting>,
+    /// The storage's counters, read on demand.
+    pub storage: Box<dyn Fn() -> StorageStatus + Send + Sync>,
+    /// Flows the relay's consumers missed because they fell behind the ingest stream.
+    pub ingest_lagged: Arc<std::sync::atomic::AtomicU64>,
+}
+
+#[derive(Deserialize)]
+struct AlertsQuery {
+    state: Option<String>,
+}
+
+async fn alerts(State(s): State<Arc<ApiState>>, Query(q): Query<AlertsQuery>) -> impl IntoResponse {
+    let want = match q.state.as_deref() {
+        None | Some("") | Some("all") => None,
+        Some("firing") => Some(AlertState::Firing),
+        Some("pending") => Some(AlertState::Pending),
+        Some("resolved") => Some(AlertState::Resolved),
+        Some(other) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("state {other:?}: expected firing, pending, resolved or all\n"),
+            )
+                .into_response();
+        }
+    };
+    let list: Vec<_> = s
+        .alerting
+        .alerts()
+        .into_iter()
+        .filter(|a| want.is_none_or(|w| a.state == w))
+        .collect();
+    Json(list).into_response()
+}
+
+async fn status(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
+    Json(serde_json::json!({
+        "storage": (s.storage)(),
+        "alerting": s.alerting.stats(),
+        "ingest_lagged_flows": s.ingest_lagged.load(std::sync::atomic::Ordering::Relaxed),
+    }))
+}
+
+/// The API's routes.
+pub fn router(state: Arc<ApiState>) -> axum::Router {
+    axum::Router::new()
+        .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/status", get(status))
+        .with_state(state)
+}
