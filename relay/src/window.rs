@@ -191,7 +191,7 @@ impl Window {
             q.number as usize
         };
         let mut out: VecDeque<Flow> = VecDeque::new();
-        let mut take = |row: &FlowRow, out: &mut VecDeque<Flow>| -> bool {
+        let take = |row: &FlowRow, out: &mut VecDeque<Flow>| -> bool {
             if !in_range(row.time_ns) {
                 return true;
             }
