@@ -171,8 +171,13 @@ fn denied_traffic_fires_an_alert_that_resolves_and_history_comes_from_the_window
     // `--since` has whole seconds: start the denied traffic just after a second boundary, which
     // is then the start of the history asked for (after the allowed flows the window holds).
     let now = std::time::SystemTime::now();
-    let frac = now.duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    std::thread::sleep(Duration::from_nanos(1_000_000_000 - frac as u64 + 50_000_000));
+    let frac = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    std::thread::sleep(Duration::from_nanos(
+        1_000_000_000 - frac as u64 + 50_000_000,
+    ));
     let since = rfc3339(std::time::SystemTime::now());
     let t0 = Instant::now();
     for _ in 0..6 {
