@@ -147,7 +147,6 @@ fn history_from_clickhouse_equals_the_live_stream() {
         let since = prost_types::Timestamp::from(start);
         let history = |c: &mut ObserverClient<tonic::transport::Channel>| {
             let mut c = c.clone();
-            let since = since;
             async move {
                 let mut s = c
                     .get_flows(GetFlowsRequest {
