@@ -21,5 +21,7 @@ pub mod merge;
 pub mod peers;
 pub mod server;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod tls;
 pub mod window;

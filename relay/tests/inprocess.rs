@@ -5,26 +5,26 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use periscope_proto::flow::{Flow, FlowFilter};
 use periscope_proto::observer::get_flows_response::ResponseTypes;
 use periscope_proto::observer::observer_client::ObserverClient;
-use periscope_proto::observer::observer_server::{Observer, ObserverServer};
+use periscope_proto::observer::observer_server::ObserverServer;
 use periscope_proto::observer::{
-    GetAgentEventsRequest, GetAgentEventsResponse, GetDebugEventsRequest, GetDebugEventsResponse,
-    GetFlowsRequest, GetFlowsResponse, GetNamespacesRequest, GetNamespacesResponse,
-    GetNodesRequest, GetNodesResponse, Namespace, Node, ServerStatusRequest, ServerStatusResponse,
+    GetFlowsRequest, GetFlowsResponse, GetNamespacesRequest, GetNodesRequest, GetNodesResponse,
+    ServerStatusRequest,
 };
 use periscope_proto::relay::NodeState;
 use periscope_relay::config::{PeerKind, PeerSpec};
 use periscope_relay::fanout::MergeOptions;
 use periscope_relay::peers::{Origin, Pool, PoolOptions};
 use periscope_relay::server::RelayService;
+use periscope_relay::testing::{FakeAgent, serve_on};
 use periscope_relay::tls::{PeerTlsFiles, ReloadingServerConfig, ServerTlsFiles, tls_incoming};
 use prost_types::Timestamp;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::{Request, Response, Status};
@@ -52,183 +52,6 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
-}
-
-/// A fake agent: a fixed history, live flows sent through `live`.
-#[derive(Clone)]
-struct FakeAgent {
-    node: String,
-    history: Arc<Mutex<Vec<Flow>>>,
-    live: broadcast::Sender<Flow>,
-}
-
-impl FakeAgent {
-    fn new(node: &str, history: Vec<Flow>) -> Self {
-        FakeAgent {
-            node: node.into(),
-            history: Arc::new(Mutex::new(history)),
-            live: broadcast::channel(1024).0,
-        }
-    }
-
-    fn send(&self, f: Flow) {
-        self.history.lock().unwrap().push(f.clone());
-        let _ = self.live.send(f);
-    }
-}
-
-fn response(f: Flow) -> GetFlowsResponse {
-    GetFlowsResponse {
-        node_name: f.node_name.clone(),
-        time: f.time,
-        response_types: Some(ResponseTypes::Flow(f)),
-    }
-}
-
-#[tonic::async_trait]
-impl Observer for FakeAgent {
-    type GetFlowsStream = BoxStream<GetFlowsResponse>;
-    type GetAgentEventsStream = BoxStream<GetAgentEventsResponse>;
-    type GetDebugEventsStream = BoxStream<GetDebugEventsResponse>;
-
-    async fn get_flows(
-        &self,
-        req: Request<GetFlowsRequest>,
-    ) -> Result<Response<Self::GetFlowsStream>, Status> {
-        let r = req.into_inner();
-        let rx = self.live.subscribe();
-        let since = r
-            .since
-            .map(|t| t.seconds as i128 * 1_000_000_000 + t.nanos as i128);
-        let h: Vec<Flow> = self
-            .history
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|f| {
-                let t = f.time.unwrap();
-                since.is_none_or(|s| t.seconds as i128 * 1_000_000_000 + t.nanos as i128 >= s)
-            })
-            .cloned()
-            .collect();
-        let skip = if r.number > 0 && (h.len() as u64) > r.number {
-            h.len() - r.number as usize
-        } else {
-            0
-        };
-        let history = if r.follow && r.number == 0 && since.is_none() {
-            Vec::new()
-        } else if r.first && r.number > 0 {
-            h.into_iter().take(r.number as usize).collect()
-        } else {
-            h[skip..].to_vec()
-        };
-        let hist = tokio_stream::iter(history.into_iter().map(|f| Ok(response(f))));
-        if !r.follow {
-            return Ok(Response::new(Box::pin(hist)));
-        }
-        let live = tokio_stream::wrappers::BroadcastStream::new(rx)
-            .filter_map(|f| f.ok().map(|f| Ok(response(f))));
-        Ok(Response::new(Box::pin(hist.chain(live))))
-    }
-
-    async fn get_agent_events(
-        &self,
-        _: Request<GetAgentEventsRequest>,
-    ) -> Result<Response<Self::GetAgentEventsStream>, Status> {
-        Ok(Response::new(Box::pin(tokio_stream::empty())))
-    }
-
-    async fn get_debug_events(
-        &self,
-        _: Request<GetDebugEventsRequest>,
-    ) -> Result<Response<Self::GetDebugEventsStream>, Status> {
-        Ok(Response::new(Box::pin(tokio_stream::empty())))
-    }
-
-    async fn get_nodes(
-        &self,
-        _: Request<GetNodesRequest>,
-    ) -> Result<Response<GetNodesResponse>, Status> {
-        let n = self.history.lock().unwrap().len() as u64;
-        Ok(Response::new(GetNodesResponse {
-            nodes: vec![Node {
-                name: self.node.clone(),
-                version: "fake 1".into(),
-                state: NodeState::NodeConnected as i32,
-                uptime_ns: 1_000_000_000,
-                num_flows: n,
-                max_flows: 100,
-                seen_flows: n,
-                ..Default::default()
-            }],
-        }))
-    }
-
-    async fn get_namespaces(
-        &self,
-        _: Request<GetNamespacesRequest>,
-    ) -> Result<Response<GetNamespacesResponse>, Status> {
-        Ok(Response::new(GetNamespacesResponse {
-            namespaces: vec![Namespace {
-                cluster: "default".into(),
-                namespace: format!("ns-{}", self.node),
-            }],
-        }))
-    }
-
-    async fn server_status(
-        &self,
-        _: Request<ServerStatusRequest>,
-    ) -> Result<Response<ServerStatusResponse>, Status> {
-        let n = self.history.lock().unwrap().len() as u64;
-        Ok(Response::new(ServerStatusResponse {
-            num_flows: n,
-            max_flows: 100,
-            seen_flows: n,
-            uptime_ns: 1,
-            version: "fake 1".into(),
-            ..Default::default()
-        }))
-    }
-}
-
-/// A gRPC server on its own runtime and thread: dropping it kills every connection at once,
-/// like a killed process.
-struct Server {
-    addr: SocketAddr,
-    rt: Option<tokio::runtime::Runtime>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
-}
-
-fn serve_on<S>(addr: &str, svc: S) -> Server
-where
-    S: Observer,
-{
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = std::net::TcpListener::bind(addr).unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    rt.spawn(async move {
-        let l = tokio::net::TcpListener::from_std(listener).unwrap();
-        tonic::transport::Server::builder()
-            .add_service(ObserverServer::new(svc))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l))
-            .await
-            .unwrap();
-    });
-    Server { addr, rt: Some(rt) }
 }
 
 fn pool_opts(cluster: &str) -> PoolOptions {
@@ -893,7 +716,7 @@ async fn peers_from_the_peer_service_feed_the_ingest_stream() {
     let mut rx = ingest.subscribe();
     // Wait for the ingest's streams to be open on both peers (nothing is replayed).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while fa.live.receiver_count() + fb.live.receiver_count() < 2 {
+    while fa.followers() + fb.followers() < 2 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "ingest streams open"

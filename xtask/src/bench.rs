@@ -44,12 +44,12 @@ use periscope_topology::Topology;
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// The benchmarks `cargo xtask bench` knows.
-const BENCHMARKS: &[&str] = &["datapath", "agent"];
+const BENCHMARKS: &[&str] = &["datapath", "agent", "relay"];
 
 /// Options of `cargo xtask bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Which benchmark: datapath, or all (the default) for every one.
+    /// Which benchmark: datapath, agent, relay, or all (the default) for every one.
     which: Option<String>,
     /// Smoke run: 1 s per measurement, 1 repetition.
     #[arg(long)]
@@ -109,6 +109,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         match b {
             "datapath" => datapath(&opts)?,
             "agent" => agent(&opts)?,
+            "relay" => relay(&opts)?,
             other => unreachable!("benchmark {other} is listed but not dispatched"),
         }
     }
@@ -1510,6 +1511,101 @@ fn agent(opts: &Opts) -> Result<()> {
     print!("{md}");
     std::fs::create_dir_all(crate::root().join("artifacts/bench"))?;
     std::fs::write(crate::root().join("artifacts/bench/agent.md"), md)?;
+    Ok(())
+}
+
+/// Runs `cmd` (cargo), returning its stdout; fails with its stderr.
+fn cargo_output(args: &[&str], envs: &[(&str, String)]) -> Result<String> {
+    let out = Command::new("cargo")
+        .current_dir(crate::root())
+        .args(args)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .with_context(|| format!("cargo {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "cargo {} failed:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The value of `key=` in a line of `key=value` words.
+fn field(line: &str, key: &str) -> Option<f64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+}
+
+/// The relay: merge throughput (4 fake agents → relay → client, over real gRPC, vs one agent
+/// read directly) and ClickHouse ingest (the writer vs `clickhouse-client … FORMAT RowBinary`
+/// inserting the same rows into a private 18.16 server), same run.
+fn relay(opts: &Opts) -> Result<()> {
+    let flows = if opts.reps <= 1 { 50_000 } else { 100_000 };
+    let rows = if opts.reps <= 1 { 50_000 } else { 200_000 };
+    eprintln!("[bench] relay merge ({flows} flows per agent)…");
+    let merge = cargo_output(
+        &["bench", "-p", "periscope-relay", "--bench", "merge"],
+        &[("PERISCOPE_BENCH_FLOWS", flows.to_string())],
+    )?;
+    let line = merge
+        .lines()
+        .find(|l| l.starts_with("relay-merge"))
+        .context("no result line from the merge benchmark")?;
+    let direct = field(line, "direct_one_agent").context("direct rate")?;
+    let merged = field(line, "merged_four_agents").context("merged rate")?;
+    eprintln!("[bench] ClickHouse ingest ({rows} rows)…");
+    let ingest = cargo_output(
+        &[
+            "test",
+            "--release",
+            "-p",
+            "periscope-relay",
+            "--test",
+            "store",
+            "ingest_rate_vs_clickhouse_client",
+            "--",
+            "--ignored",
+            "--nocapture",
+        ],
+        &[("PERISCOPE_BENCH_ROWS", rows.to_string())],
+    )?;
+    let line = ingest
+        .lines()
+        .find(|l| l.starts_with("ingest "))
+        .context("no result line from the ingest benchmark")?;
+    let rate = |marker: &str| -> Option<f64> {
+        let i = line.find(marker)?;
+        line[..i].split_whitespace().last()?.parse().ok()
+    };
+    let writer = rate(" rows/s (").context("writer rate")?;
+    let client = line
+        .split("RowBinary ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .context("client rate")?;
+    let mut md = String::from("## Relay benchmark (`cargo xtask bench relay`)\n\n");
+    md += &format!(
+        "| Measurement | Ours | Baseline (same run) | Ratio | Goal | Result |\n|---|---:|---:|---:|---:|---|\n\
+         | Merge, 4 agents → 1 client ({} flows) | {merged:.0} flows/s | one agent read directly: {direct:.0} flows/s | {:.2}× | ≥ 500,000 flows/s | {} |\n\
+         | ClickHouse ingest ({rows} rows, 18.16) | {writer:.0} rows/s | clickhouse-client RowBinary: {client:.0} rows/s | {:.2}× | ≥ 0.8× | {} |\n",
+        flows * 4,
+        merged / direct,
+        if merged >= 500_000.0 { "PASS" } else { "MISS" },
+        writer / client,
+        if writer / client >= 0.8 {
+            "PASS"
+        } else {
+            "MISS"
+        },
+    );
+    md += "\nThe merge runs the fake agents, the relay and the client on the same 2 cores: every flow is \
+           encoded by an agent, decoded, merged and re-encoded by the relay, and decoded by the client.\n";
+    print!("{md}");
+    std::fs::create_dir_all(crate::root().join("artifacts/bench"))?;
+    std::fs::write(crate::root().join("artifacts/bench/relay.md"), md)?;
     Ok(())
 }
 
