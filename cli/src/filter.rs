@@ -397,18 +397,8 @@ pub fn parse_workload(value: &str) -> Workload {
 pub fn parse_tcp_flags(value: &str) -> Result<TcpFlags, FilterError> {
     let mut flags = TcpFlags::default();
     for name in value.split(',') {
-        let bit = match name.to_ascii_uppercase().as_str() {
-            "SYN" => &mut flags.syn,
-            "FIN" => &mut flags.fin,
-            "RST" => &mut flags.rst,
-            "PSH" => &mut flags.psh,
-            "ACK" => &mut flags.ack,
-            "URG" => &mut flags.urg,
-            "ECE" => &mut flags.ece,
-            "CWR" => &mut flags.cwr,
-            "NS" => &mut flags.ns,
-            _ => return Err(FilterError(format!("unknown tcp flag: {name}"))),
-        };
+        let bit = periscope_proto::util::tcp_flag_mut(&mut flags, &name.to_ascii_uppercase())
+            .ok_or_else(|| FilterError(format!("unknown tcp flag: {name}")))?;
         *bit = true;
     }
     Ok(flags)

@@ -23,7 +23,8 @@ pub fn boot_to_realtime_offset_ns() -> i128 {
     now - crate::datapath::boottime_ns() as i128
 }
 
-fn ip_of(ev_flags: u8, a: &[u8; 16]) -> IpAddr {
+/// An event address as an IP address (`EV_F_IPV6` in `ev_flags` says which family).
+pub(crate) fn ip_of(ev_flags: u8, a: &[u8; 16]) -> IpAddr {
     if ev_flags & EV_F_IPV6 != 0 {
         IpAddr::V6(Ipv6Addr::from(*a))
     } else {

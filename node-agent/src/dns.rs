@@ -621,18 +621,6 @@ pub fn summary(l7: &Layer7) -> Option<String> {
     })
 }
 
-/// The source and destination addresses of a datapath event.
-fn event_addrs(ev: &FlowEvent) -> (IpAddr, IpAddr) {
-    let ip = |a: &[u8; 16]| {
-        if ev.flags & dp::EV_F_IPV6 != 0 {
-            IpAddr::V6(Ipv6Addr::from(*a))
-        } else {
-            IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))
-        }
-    };
-    (ip(&ev.src_ip), ip(&ev.dst_ip))
-}
-
 /// The DNS enricher of the pipeline: learns from captured DNS packets and names flows.
 pub struct DnsEnricher {
     cache: FqdnCache,
@@ -680,7 +668,10 @@ impl DnsEnricher {
         if self.cache.is_empty() {
             return;
         }
-        let (src, dst) = event_addrs(ev);
+        let (src, dst) = (
+            crate::decoder::ip_of(ev.flags, &ev.src_ip),
+            crate::decoder::ip_of(ev.flags, &ev.dst_ip),
+        );
         f.source_names = self.cache.names(&src, now);
         f.destination_names = self.cache.names(&dst, now);
     }

@@ -58,6 +58,21 @@ pub fn queue_lost(count: u64) -> Event {
     })
 }
 
+/// Decodes one event and enriches it with DNS names (when the DNS enricher is on).
+fn flow(
+    ev: &periscope_datapath_common::FlowEvent,
+    payload: &[u8],
+    st: &State,
+    boot_offset: i128,
+    dns: &mut Option<crate::dns::DnsEnricher>,
+) -> Event {
+    let mut f = decoder::decode(ev, st, boot_offset);
+    if let Some(d) = dns.as_mut() {
+        d.enrich(&mut f, ev, payload);
+    }
+    Event::Flow(f)
+}
+
 /// Runs the decoder until the readers' channel closes.
 pub async fn run(
     mut rx: mpsc::Receiver<Vec<RawEvent>>,
@@ -86,19 +101,9 @@ pub async fn run(
             let st = state.read().await;
             for raw in raws {
                 events.push(match raw {
-                    RawEvent::Sample(ev) => {
-                        let mut f = decoder::decode(&ev, &st, boot_offset);
-                        if let Some(d) = outputs.dns.as_mut() {
-                            d.enrich(&mut f, &ev, &[]);
-                        }
-                        Event::Flow(f)
-                    }
+                    RawEvent::Sample(ev) => flow(&ev, &[], &st, boot_offset, &mut outputs.dns),
                     RawEvent::Captured(ev, payload) => {
-                        let mut f = decoder::decode(&ev, &st, boot_offset);
-                        if let Some(d) = outputs.dns.as_mut() {
-                            d.enrich(&mut f, &ev, &payload);
-                        }
-                        Event::Flow(f)
+                        flow(&ev, &payload, &st, boot_offset, &mut outputs.dns)
                     }
                     RawEvent::Lost { cpu, count } => perf_lost(cpu, count),
                 });

@@ -4,9 +4,38 @@
 //! `from_str_name()` for every enum.
 
 use crate::flow::{
-    DebugCapturePoint, Flow, L7FlowType, Layer7, SocketTranslationPoint, TrafficDirection,
-    layer7::Record,
+    DebugCapturePoint, Flow, L7FlowType, Layer7, SocketTranslationPoint, TcpFlags,
+    TrafficDirection, layer7::Record,
 };
+
+/// The TCP flag names of `flow.TCPFlags`, in its field order.
+pub const TCP_FLAG_NAMES: [&str; 9] =
+    ["FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR", "NS"];
+
+/// The field of `flags` named `name` (upper case, as in [`TCP_FLAG_NAMES`]).
+pub fn tcp_flag_mut<'a>(flags: &'a mut TcpFlags, name: &str) -> Option<&'a mut bool> {
+    Some(match name {
+        "FIN" => &mut flags.fin,
+        "SYN" => &mut flags.syn,
+        "RST" => &mut flags.rst,
+        "PSH" => &mut flags.psh,
+        "ACK" => &mut flags.ack,
+        "URG" => &mut flags.urg,
+        "ECE" => &mut flags.ece,
+        "CWR" => &mut flags.cwr,
+        "NS" => &mut flags.ns,
+        _ => return None,
+    })
+}
+
+/// The names of the flags set in `f`, in [`TCP_FLAG_NAMES`] order.
+pub fn tcp_flags_set(f: &TcpFlags) -> impl Iterator<Item = &'static str> {
+    let set = [f.fin, f.syn, f.rst, f.psh, f.ack, f.urg, f.ece, f.cwr, f.ns];
+    TCP_FLAG_NAMES
+        .into_iter()
+        .zip(set)
+        .filter_map(|(n, on)| on.then_some(n))
+}
 
 /// Monitor message types carried in `CiliumEventType.type` / `EventTypeFilter.type`
 /// (the `-t` names of `hubble observe`).

@@ -63,9 +63,9 @@ impl HistorySource for ClickHouseHistory {
 /// History from the in-memory window.
 pub struct WindowHistory(pub Arc<Mutex<Window>>);
 
+/// Nanoseconds since the epoch of an optional timestamp (the flows table's `time_ns`).
 fn ns(t: &Option<prost_types::Timestamp>) -> Option<i64> {
-    t.as_ref()
-        .map(|t| t.seconds.saturating_mul(1_000_000_000) + t.nanos as i64)
+    t.as_ref().map(|t| periscope_storage::time_ns_of(Some(t)))
 }
 
 #[tonic::async_trait]
@@ -142,10 +142,7 @@ pub async fn serve_stored(
     live.first = false;
     live.until = None;
     live.since = match seam_from {
-        Some(t) => Some(prost_types::Timestamp {
-            seconds: t.div_euclid(1_000_000_000),
-            nanos: t.rem_euclid(1_000_000_000) as i32,
-        }),
+        Some(t) => Some(crate::fanout::timestamp(t.into())),
         None => req.since,
     };
     Ok(Some((live, seen)))

@@ -192,113 +192,75 @@ impl Rpc for Flows {
     }
 }
 
-/// GetAgentEvents (no node status events exist in its responses: failures are only logged).
-pub struct AgentEvents;
+/// An events RPC (agent or debug events): merged like flows, but its responses have no node
+/// status field, so peer failures are only logged.
+macro_rules! events_rpc {
+    ($(#[$doc:meta])* $name:ident, $req:ident, $resp:ident, $call:ident) => {
+        $(#[$doc])*
+        pub struct $name;
 
-impl Rpc for AgentEvents {
-    type Req = GetAgentEventsRequest;
-    type Resp = GetAgentEventsResponse;
+        impl Rpc for $name {
+            type Req = $req;
+            type Resp = $resp;
 
-    fn open(
-        ch: Channel,
-        req: Self::Req,
-    ) -> BoxFuture<Result<tonic::Streaming<Self::Resp>, Status>> {
-        Box::pin(async move {
-            Ok(ObserverClient::new(ch)
-                .get_agent_events(req)
-                .await?
-                .into_inner())
-        })
-    }
+            fn open(
+                ch: Channel,
+                req: Self::Req,
+            ) -> BoxFuture<Result<tonic::Streaming<Self::Resp>, Status>> {
+                Box::pin(async move { Ok(ObserverClient::new(ch).$call(req).await?.into_inner()) })
+            }
 
-    fn sort_key(r: &Self::Resp) -> Option<(i128, String)> {
-        Some((nanos(r.time.as_ref()), r.node_name.clone()))
-    }
+            fn sort_key(r: &Self::Resp) -> Option<(i128, String)> {
+                Some((nanos(r.time.as_ref()), r.node_name.clone()))
+            }
 
-    fn adapt(_: &Self::Req, r: &mut Self::Resp, peer: &Peer) -> bool {
-        rename_in_place(peer, &mut r.node_name);
-        true
-    }
+            fn adapt(_: &Self::Req, r: &mut Self::Resp, peer: &Peer) -> bool {
+                rename_in_place(peer, &mut r.node_name);
+                true
+            }
 
-    fn node_status(_: &str, _: NodeState, _: Vec<String>, _: String) -> Option<Self::Resp> {
-        None
-    }
+            fn node_status(_: &str, _: NodeState, _: Vec<String>, _: String) -> Option<Self::Resp> {
+                None
+            }
 
-    fn resume(req: &Self::Req, last: Option<i128>) -> Self::Req {
-        let Some(last) = last else {
-            return *req;
-        };
-        GetAgentEventsRequest {
-            number: 0,
-            first: false,
-            follow: true,
-            since: Some(timestamp(last + 1)),
-            until: req.until,
+            fn resume(req: &Self::Req, last: Option<i128>) -> Self::Req {
+                let Some(last) = last else {
+                    return *req;
+                };
+                $req {
+                    number: 0,
+                    first: false,
+                    follow: true,
+                    since: Some(timestamp(last + 1)),
+                    until: req.until,
+                }
+            }
+
+            fn window(req: &Self::Req) -> Window {
+                Window {
+                    number: req.number,
+                    first: req.first,
+                    follow: req.follow,
+                }
+            }
         }
-    }
-
-    fn window(req: &Self::Req) -> Window {
-        Window {
-            number: req.number,
-            first: req.first,
-            follow: req.follow,
-        }
-    }
+    };
 }
 
-/// GetDebugEvents (like GetAgentEvents).
-pub struct DebugEvents;
-
-impl Rpc for DebugEvents {
-    type Req = GetDebugEventsRequest;
-    type Resp = GetDebugEventsResponse;
-
-    fn open(
-        ch: Channel,
-        req: Self::Req,
-    ) -> BoxFuture<Result<tonic::Streaming<Self::Resp>, Status>> {
-        Box::pin(async move {
-            Ok(ObserverClient::new(ch)
-                .get_debug_events(req)
-                .await?
-                .into_inner())
-        })
-    }
-
-    fn sort_key(r: &Self::Resp) -> Option<(i128, String)> {
-        Some((nanos(r.time.as_ref()), r.node_name.clone()))
-    }
-
-    fn adapt(_: &Self::Req, r: &mut Self::Resp, peer: &Peer) -> bool {
-        rename_in_place(peer, &mut r.node_name);
-        true
-    }
-
-    fn node_status(_: &str, _: NodeState, _: Vec<String>, _: String) -> Option<Self::Resp> {
-        None
-    }
-
-    fn resume(req: &Self::Req, last: Option<i128>) -> Self::Req {
-        let Some(last) = last else {
-            return *req;
-        };
-        GetDebugEventsRequest {
-            number: 0,
-            first: false,
-            follow: true,
-            since: Some(timestamp(last + 1)),
-            until: req.until,
-        }
-    }
-
-    fn window(req: &Self::Req) -> Window {
-        Window {
-            number: req.number,
-            first: req.first,
-            follow: req.follow,
-        }
-    }
-}
+events_rpc!(
+    /// GetAgentEvents.
+    AgentEvents,
+    GetAgentEventsRequest,
+    GetAgentEventsResponse,
+    get_agent_events
+);
+events_rpc!(
+    /// GetDebugEvents (like GetAgentEvents).
+    DebugEvents,
+    GetDebugEventsRequest,
+    GetDebugEventsResponse,
+    get_debug_events
+);
 
 fn check_events_request(
     number_first_follow: (bool, bool),

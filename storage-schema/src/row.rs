@@ -294,15 +294,9 @@ fn enum_name<E: ProtoEnum>(value: i32) -> String {
         .unwrap_or_else(|_| value.to_string())
 }
 
-const TCP_FLAG_NAMES: [&str; 9] = ["FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR", "NS"];
-
 fn tcp_flag_names(f: &TcpFlags) -> Vec<String> {
-    let set = [f.fin, f.syn, f.rst, f.psh, f.ack, f.urg, f.ece, f.cwr, f.ns];
-    TCP_FLAG_NAMES
-        .iter()
-        .zip(set)
-        .filter(|(_, on)| *on)
-        .map(|(n, _)| (*n).to_owned())
+    periscope_proto::util::tcp_flags_set(f)
+        .map(str::to_owned)
         .collect()
 }
 
@@ -685,18 +679,8 @@ impl FlowRow {
             "TCP" => {
                 let mut flags = TcpFlags::default();
                 for name in &self.tcp_flags {
-                    let flag = match name.as_str() {
-                        "FIN" => &mut flags.fin,
-                        "SYN" => &mut flags.syn,
-                        "RST" => &mut flags.rst,
-                        "PSH" => &mut flags.psh,
-                        "ACK" => &mut flags.ack,
-                        "URG" => &mut flags.urg,
-                        "ECE" => &mut flags.ece,
-                        "CWR" => &mut flags.cwr,
-                        "NS" => &mut flags.ns,
-                        other => return Err(self.err("tcp_flags", other, "a TCP flag name")),
-                    };
+                    let flag = periscope_proto::util::tcp_flag_mut(&mut flags, name)
+                        .ok_or_else(|| self.err("tcp_flags", name, "a TCP flag name"))?;
                     *flag = true;
                 }
                 Some(Protocol::Tcp(flow::Tcp {

@@ -880,6 +880,19 @@ fn sanitize(name: &str) -> String {
     if s.is_empty() { "x".to_string() } else { s }
 }
 
+/// The answer (status line, headers and body) of an HTTP/1.1 GET of `path` from `addr`
+/// (the agent's metrics endpoint, the relay's HTTP API); panics if it cannot be read.
+pub fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("read timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("send the request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read the answer");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

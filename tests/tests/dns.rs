@@ -12,7 +12,7 @@ use periscope_proto::observer::observer_client::ObserverClient;
 use periscope_testbed::agent::Agent;
 use periscope_testbed::dns::{self, DnsServer, Zone};
 use periscope_testbed::traffic::{self, TcpEchoServer};
-use periscope_testbed::{Testbed, TestbedOptions};
+use periscope_testbed::{Testbed, TestbedOptions, http_get};
 
 const TOPO: &str = r#"
 cluster: dns
@@ -308,14 +308,4 @@ fn dns_visibility_can_be_turned_off() {
             .iter()
             .all(|f| f.l7.is_none() && f.destination_names.is_empty())
     );
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect metrics");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }

@@ -18,7 +18,7 @@ use periscope_proto::peer::NotifyRequest;
 use periscope_proto::peer::peer_client::PeerClient;
 use periscope_testbed::agent::Agent;
 use periscope_testbed::traffic::{self, TcpEchoServer};
-use periscope_testbed::{Testbed, TestbedOptions};
+use periscope_testbed::{Testbed, TestbedOptions, http_get};
 use tonic::transport::Channel;
 
 const TOPO: &str = r#"
@@ -366,16 +366,6 @@ fn get_flows_with_filters_status_health_peers_and_metrics() {
         "{text}"
     );
     assert!(http_get(&agent.metrics_address(), "/nope").contains("not found"));
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect metrics");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }
 
 async fn agent_events(c: &mut ObserverClient<Channel>, number: u64) -> Vec<AgentEvent> {
