@@ -163,6 +163,11 @@ async fn a_quiet_stream_is_committed_by_the_timer() {
     // No flush, no more traffic: only the period can commit it.
     let client = server.client();
     wait_distinct(&client, 1).await;
+    // The row is visible as soon as ClickHouse committed it; the writer counts it just after.
+    wait_until("the row counted as written", async || {
+        writer.stats().rows_written >= 1
+    })
+    .await;
     let stats = writer.stats();
     assert_eq!(stats.rows_written, 1, "{stats:?}");
     assert_eq!(stats.spooled_rows, 0, "{stats:?}");
