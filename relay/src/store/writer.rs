@@ -151,11 +151,21 @@ struct Shared {
     /// Signalled when the intake has taken flows off the public queue.
     space: Notify,
     spool: Mutex<Spool>,
+    /// Set once the worker's first probe of ClickHouse has finished, either way. Until then
+    /// flows wait in the (bounded) worker queue rather than going to the spool: a relay that
+    /// has just started is not in an outage.
+    probed: AtomicBool,
 }
 
 impl Shared {
     fn healthy(&self) -> bool {
         self.stats.healthy.load(Relaxed)
+    }
+
+    /// Whether the worker should be handed live flows: it is healthy, or it has not tried
+    /// ClickHouse yet.
+    fn accepting(&self) -> bool {
+        self.healthy() || !self.probed.load(Relaxed)
     }
 
     fn set_error(&self, e: &dyn std::fmt::Display) {
@@ -343,8 +353,9 @@ pub struct Writer {
 impl Writer {
     /// Validates the configuration, opens the spool (queuing what a previous run left there for
     /// replay) and starts the writer's tasks on the current tokio runtime. It does not wait for
-    /// ClickHouse: the migrations are applied when the server is first reached, and until then
-    /// flows go to the spool.
+    /// ClickHouse: the migrations are applied when the server is first reached. Flows that
+    /// arrive before that first probe wait in the worker's queue; once a probe has failed, they
+    /// go to the spool until the server answers.
     pub fn start(cfg: StoreConfig) -> Result<Self> {
         cfg.validate()?;
         let base = cfg.client()?;
@@ -356,6 +367,7 @@ impl Writer {
             capacity: cfg.queue_flows,
             space: Notify::new(),
             spool: Mutex::new(spool),
+            probed: AtomicBool::new(false),
         });
         shared.publish_spool(&shared.lock_spool());
         let (tx, rx) = mpsc::unbounded_channel();
@@ -509,7 +521,7 @@ impl Intake {
             return;
         }
         let n = batch.len();
-        if self.shared.healthy() {
+        if self.shared.accepting() {
             let before = self.shared.worker_queued.fetch_add(n, Relaxed);
             if before == 0 || before + n <= self.shared.capacity {
                 match self.worker_tx.send(Msg::Flows(batch)) {
@@ -624,6 +636,10 @@ impl Worker {
     /// Writes a batch into the inserter (or the spool during an outage), committing whenever a
     /// bound is reached.
     async fn take(&mut self, flows: Vec<Flow>) {
+        if !self.shared.probed.load(Relaxed) {
+            // Flows before the first probe: probe now rather than spool them.
+            self.recover().await;
+        }
         if !self.shared.healthy() {
             self.shared.spool(&flows, &mut self.warn);
             return;
@@ -742,6 +758,7 @@ impl Worker {
             Ok(r) => r,
             Err(_) => Err(format!("no answer within {:?}", self.cfg.timeout)),
         };
+        self.shared.probed.store(true, Relaxed);
         match result {
             Ok(()) => {
                 self.backoff.reset();
