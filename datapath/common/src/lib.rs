@@ -10,6 +10,9 @@
 #![no_std]
 #![deny(unsafe_code)]
 
+pub mod lb;
+pub use lb::*;
+
 /// Version of the flow event layout. Bumped whenever [`FlowEvent`] changes.
 pub const EVENT_VERSION: u8 = 1;
 
@@ -70,6 +73,9 @@ pub mod verdict {
     pub const DROPPED: u8 = 2;
     /// Would have been dropped, forwarded because the endpoint is in audit mode.
     pub const AUDIT: u8 = 4;
+    /// A service address was translated to a backend (load balancing); the event shows the
+    /// translated packet.
+    pub const TRANSLATED: u8 = 7;
 }
 
 /// Traffic direction relative to the endpoint (Hubble `flow.TrafficDirection`).
@@ -96,10 +102,14 @@ pub mod drop {
     pub const CT_MAP_INSERTION_FAILED: u8 = 155;
     /// Unsupported L3 protocol (not IPv4/IPv6/ARP).
     pub const UNSUPPORTED_L3_PROTOCOL: u8 = 139;
+    /// Rewriting the packet (service translation) failed.
+    pub const ERROR_WRITING_TO_PACKET: u8 = 141;
     /// Bad IPv6 extension header chain.
     pub const INVALID_IPV6_EXTENSION_HEADER: u8 = 156;
     /// A non-first IP fragment: no L4 header to check policy against.
     pub const FRAG_NOT_SUPPORTED: u8 = 157;
+    /// A service with no active backend (load balancing).
+    pub const SERVICE_BACKEND_NOT_FOUND: u8 = 158;
     /// The endpoint has no configuration in the endpoints map.
     pub const NO_CONFIGURATION: u8 = 165;
     /// An explicit deny rule matched.
@@ -199,6 +209,18 @@ pub mod names {
     pub const PROG_FROM_CONTAINER: &str = "from_container";
     /// The program attached at the host side of a pod veth, tc egress: traffic entering the pod.
     pub const PROG_TO_CONTAINER: &str = "to_container";
+    /// Hash: [`super::LbServiceKey`] (frontend) → [`super::LbService`].
+    pub const LB_SERVICES: &str = "PSC_LB_SERVICES";
+    /// Hash: [`super::LbSlotKey`] → backend id (u32), the active backends of a frontend.
+    pub const LB_SLOTS: &str = "PSC_LB_SLOTS";
+    /// Hash: backend id (u32) → [`super::LbBackend`].
+    pub const LB_BACKENDS: &str = "PSC_LB_BACKENDS";
+    /// Hash (not preallocated): [`super::LbMaglevKey`] → [`super::LbMaglevChunk`].
+    pub const LB_MAGLEV: &str = "PSC_LB_MAGLEV";
+    /// Hash: reverse-NAT index (u16) → [`super::LbRevNat`].
+    pub const LB_REVNAT: &str = "PSC_LB_REVNAT";
+    /// LRU hash: [`super::LbAffinityKey`] → [`super::LbAffinity`].
+    pub const LB_AFFINITY: &str = "PSC_LB_AFFINITY";
     /// The global variable holding the endpoint id of a program instance.
     pub const GLOBAL_ENDPOINT_ID: &str = "PSC_ENDPOINT_ID";
 }
@@ -215,6 +237,17 @@ pub mod capacity {
     pub const POLICY: u32 = 16384;
     /// Metrics array entries (see [`super::metrics_index`]).
     pub const METRICS: u32 = 4096;
+    /// Service frontends (Cilium's default `bpf-lb-map-max` is 65536).
+    pub const LB_SERVICES: u32 = 65536;
+    /// Backend slots of all frontends together.
+    pub const LB_SLOTS: u32 = 256 * 1024;
+    /// Backends (a backend of two frontends counts twice).
+    pub const LB_BACKENDS: u32 = 256 * 1024;
+    /// Maglev chunks of 1024 entries (4 KiB each, allocated on use): 16 per frontend with the
+    /// default table size 16381, 2 per frontend and generation while a table is replaced.
+    pub const LB_MAGLEV: u32 = 512 * 1024;
+    /// Session-affinity entries (LRU).
+    pub const LB_AFFINITY: u32 = 64 * 1024;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -376,6 +409,10 @@ const _: () = assert!(core::mem::size_of::<PolicyEntry>() == 24);
 pub const CT_SCOPE_INGRESS: u8 = dir::INGRESS;
 /// CT scope: the entry was created for traffic out of the endpoint.
 pub const CT_SCOPE_EGRESS: u8 = dir::EGRESS;
+/// CT scope: a service entry (Cilium's `CT_SERVICE`): the tuple is client → service address, and
+/// the entry pins the backend the connection was given (`CtEntry::rx_bytes` holds the backend id,
+/// as Cilium's `ct_entry.backend_id` shares its place).
+pub const CT_SCOPE_SERVICE: u8 = 3;
 
 /// Key of the connection-tracking map: the tuple of the packet that opened the connection, in
 /// its direction, plus the scope (ingress or egress of an endpoint). Replies are found by looking
@@ -444,8 +481,10 @@ pub struct CtEntry {
     pub rule_id: u32,
     /// Endpoint id that created the entry.
     pub ep_id: u16,
-    /// Always zero.
-    pub pad: [u8; 2],
+    /// The service frontend the connection was translated from (its reverse-NAT index, see
+    /// [`LbRevNat`]); 0 = not a service connection. Replies of a connection opened at an
+    /// endpoint's egress are translated back to this frontend.
+    pub rev_nat: u16,
 }
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 64);
 
@@ -601,8 +640,11 @@ pub struct FlowEvent {
     pub src_mac: [u8; 6],
     /// Destination MAC.
     pub dst_mac: [u8; 6],
+    /// Service frontend (reverse-NAT index) of the connection, 0 = none. The field was padding
+    /// (always zero) before load balancing, so the layout version did not change.
+    pub rev_nat: u16,
     /// Always zero.
-    pub pad2: [u8; 4],
+    pub pad2: [u8; 2],
     /// Source address.
     pub src_ip: [u8; 16],
     /// Destination address.
@@ -628,5 +670,14 @@ mod user {
         unsafe impl aya::Pod for DatapathConfig {}
         unsafe impl aya::Pod for MetricsValue {}
         unsafe impl aya::Pod for FlowEvent {}
+        unsafe impl aya::Pod for LbServiceKey {}
+        unsafe impl aya::Pod for LbService {}
+        unsafe impl aya::Pod for LbSlotKey {}
+        unsafe impl aya::Pod for LbBackend {}
+        unsafe impl aya::Pod for LbMaglevKey {}
+        unsafe impl aya::Pod for LbMaglevChunk {}
+        unsafe impl aya::Pod for LbRevNat {}
+        unsafe impl aya::Pod for LbAffinityKey {}
+        unsafe impl aya::Pod for LbAffinity {}
     }
 }

@@ -18,6 +18,8 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod lb;
+
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
@@ -34,10 +36,10 @@ use periscope_datapath_common::{
     CAPTURE_MAX, CT_F_AUDIT, CT_F_CLOSING_RX, CT_F_CLOSING_TX, CT_F_LOCAL_PEER, CT_F_SEEN_REPLY,
     CT_SCOPE_EGRESS, CT_SCOPE_INGRESS, CtEntry, CtKey, DNS_PORT, DatapathConfig, EP_F_AUDIT_EGRESS,
     EP_F_AUDIT_INGRESS, EP_F_HAS_IPV4, EP_F_HAS_IPV6, EV_F_IPV6, EV_F_NEW, EV_F_REPLY,
-    EV_F_REPLY_KNOWN, EV_F_REPORT, EVENT_VERSION, EndpointInfo, FlowEvent, IDENTITY_WORLD,
-    IPCACHE_F_LOCAL_ENDPOINT, IpcacheKey, IpcacheValue, MetricsValue, POLICY_F_DENY, PolicyEntry,
-    PolicyKey, aggregation, capacity, dir, drop, family, match_type, metric, metrics_index, msg,
-    obs, proto, tcp, verdict,
+    EV_F_REPLY_KNOWN, EV_F_REPORT, EVENT_VERSION, EndpointInfo, FlowEvent, IDENTITY_UNKNOWN,
+    IDENTITY_WORLD, IPCACHE_F_LOCAL_ENDPOINT, IpcacheKey, IpcacheValue, MetricsValue,
+    POLICY_F_DENY, PolicyEntry, PolicyKey, aggregation, capacity, dir, drop, family, match_type,
+    metric, metrics_index, msg, obs, proto, tcp, verdict,
 };
 
 /// Endpoint id of this program instance, set by the loader.
@@ -68,6 +70,18 @@ static POLICY: HashMap<PolicyKey, PolicyEntry> = HashMap::with_max_entries(capac
 /// Per-CPU scratch space for building an event (keeps 128 bytes off the 512-byte stack).
 #[map(name = "PSC_SCRATCH")]
 static SCRATCH: PerCpuArray<FlowEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU scratch space for the CT keys and a new entry of one packet: kept off the stack,
+/// which the program's functions share (512 bytes for the whole call chain).
+#[derive(Clone, Copy)]
+struct CtScratch {
+    fwd: CtKey,
+    rev: CtKey,
+    new: CtEntry,
+}
+
+#[map(name = "PSC_CT_SCRATCH")]
+static CT_SCRATCH: PerCpuArray<CtScratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Granularity of CT lifetime refreshes.
 const LIFETIME_GRANULARITY_NS: u64 = 1_000_000_000;
@@ -124,17 +138,86 @@ struct Packet {
     saddr: [u8; 16],
     daddr: [u8; 16],
     len: u32,
+    /// Offset of the L4 header from the start of the packet.
+    l4_off: u16,
+    /// Service frontend of the connection (reverse-NAT index), 0 = none; reported in events.
+    rev_nat: u16,
+}
+
+impl Packet {
+    const EMPTY: Packet = Packet {
+        family: 0,
+        proto: 0,
+        tcp_flags: 0,
+        icmp_type: 0,
+        icmp_code: 0,
+        sport: 0,
+        dport: 0,
+        policy_port: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        len: 0,
+        l4_off: 0,
+        rev_nat: 0,
+    };
 }
 
 #[inline(always)]
 fn handle(ctx: &TcContext, direction: u8) -> i32 {
+    let mut pkt = Packet::EMPTY;
+    match parse_into(ctx, &mut pkt) {
+        PARSED_PASS => TC_ACT_OK,
+        PARSED_IP => {
+            // Service translation, the policy/CT pipeline and reverse translation are BPF
+            // functions of their own, called one after the other: each gets its own stack frame
+            // (512 bytes for the whole call chain).
+            let mut xl = lb::Xlated {
+                svc_ct: core::ptr::null_mut(),
+                selected: false,
+                reverse: 0,
+            };
+            if direction == dir::EGRESS {
+                let rc = lb::translate(ctx, &mut pkt, &mut xl);
+                if rc != 0 {
+                    let ep_id = unsafe { core::ptr::read_volatile(&PSC_ENDPOINT_ID) };
+                    // SAFETY: read of a map value.
+                    let src = unsafe { ENDPOINTS.get(&ep_id) }.map_or(0, |e| e.identity);
+                    return drop_packet(ctx, Some(&pkt), direction, rc as u8, src, 0, 0, 0);
+                }
+            }
+            match process(ctx, &mut pkt, &mut xl, direction) {
+                Ok(action) => {
+                    if action == TC_ACT_OK && xl.reverse != 0 {
+                        let rc = lb::reverse(ctx, &pkt, xl.reverse);
+                        if rc != 0 {
+                            return drop_packet(ctx, Some(&pkt), direction, rc as u8, 0, 0, 0, 0);
+                        }
+                    }
+                    action
+                }
+                Err(reason) => drop_packet(ctx, Some(&pkt), direction, reason, 0, 0, 0, 0),
+            }
+        }
+        reason => drop_packet(ctx, None, direction, reason as u8, 0, 0, 0, 0),
+    }
+}
+
+/// [`parse_into`]: an IP packet to check.
+const PARSED_IP: u32 = 0;
+/// [`parse_into`]: not subject to policy, pass silently.
+const PARSED_PASS: u32 = 0x100;
+
+/// Parses the packet into `pkt`: returns [`PARSED_IP`], [`PARSED_PASS`] or a drop reason. A BPF
+/// function of its own, so that its stack frame is not part of the later calls' chain.
+#[inline(never)]
+fn parse_into(ctx: &TcContext, pkt: &mut Packet) -> u32 {
     match parse(ctx) {
-        Ok(Parsed::Pass) => TC_ACT_OK,
-        Ok(Parsed::Ip(pkt)) => match process(ctx, &pkt, direction) {
-            Ok(action) => action,
-            Err(reason) => drop_packet(ctx, Some(&pkt), direction, reason, 0, 0, 0, 0),
-        },
-        Err(reason) => drop_packet(ctx, None, direction, reason, 0, 0, 0, 0),
+        Ok(Parsed::Pass) => PARSED_PASS,
+        Ok(Parsed::Ip(p)) => {
+            *pkt = p;
+            PARSED_IP
+        }
+        Err(reason) => reason as u32,
     }
 }
 
@@ -162,6 +245,8 @@ fn parse(ctx: &TcContext) -> Result<Parsed, u8> {
         saddr: [0; 16],
         daddr: [0; 16],
         len: len as u32,
+        l4_off: 0,
+        rev_nat: 0,
     };
     let l4_off = match ethertype {
         ETH_P_IP => parse_ipv4(ctx, len, &mut pkt)?,
@@ -253,6 +338,7 @@ fn parse_ipv6(ctx: &TcContext, len: usize, pkt: &mut Packet) -> Result<usize, u8
 #[inline(always)]
 fn parse_l4(ctx: &TcContext, len: usize, off: usize, pkt: &mut Packet) -> Result<Parsed, u8> {
     const TRUNC: u8 = drop::CT_TRUNCATED_OR_INVALID_HEADER;
+    pkt.l4_off = off as u16;
     match pkt.proto {
         proto::TCP => {
             if len < off + 20 {
@@ -468,6 +554,7 @@ fn event(
             }
             e.src_ip = p.saddr;
             e.dst_ip = p.daddr;
+            e.rev_nat = p.rev_nat;
         }
     }
     Some(ev)
@@ -544,8 +631,15 @@ enum CtState {
     Reply,
 }
 
-#[inline(always)]
-fn process(ctx: &TcContext, pkt: &Packet, direction: u8) -> Result<i32, u8> {
+/// Connection tracking and policy of one packet (after service translation at egress); sets
+/// `xl.reverse` when the packet is a reply to translate back.
+#[inline(never)]
+fn process(
+    ctx: &TcContext,
+    pkt: &mut Packet,
+    xl: &mut lb::Xlated,
+    direction: u8,
+) -> Result<i32, u8> {
     let ep_id = unsafe { core::ptr::read_volatile(&PSC_ENDPOINT_ID) };
     // SAFETY: read-only copy of a map value.
     let ep = match unsafe { ENDPOINTS.get(&ep_id) } {
@@ -569,10 +663,34 @@ fn process(ctx: &TcContext, pkt: &Packet, direction: u8) -> Result<i32, u8> {
     let cfg = config();
     let now = now_ns();
     let bytes = pkt.len as u64;
+    let syn_only = pkt.proto == proto::TCP && pkt.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN;
+
+    // Service translation (DNAT to a backend) comes first: connection tracking and policy see
+    // the backend, as in Cilium.
+    if xl.selected {
+        // The TRANSLATED trace point of a new service connection: the packet as translated,
+        // naming the frontend.
+        if let Some(ev) = event(ctx, Some(pkt), msg::TRACE, obs::FROM_ENDPOINT, direction) {
+            // SAFETY: scratch event.
+            unsafe {
+                (*ev).verdict = verdict::TRANSLATED;
+                (*ev).src_identity = ep.identity;
+                (*ev).dst_identity = IDENTITY_UNKNOWN;
+                (*ev).flags |= EV_F_NEW;
+            }
+            emit(ctx, ev, direction);
+        }
+    }
 
     // Connection tracking: the packet's own tuple in this scope, then the reversed tuple in the
     // opposite scope (a reply to a connection opened the other way).
-    let fwd = CtKey {
+    let sc = match CT_SCRATCH.get_ptr_mut(0) {
+        Some(sc) => sc,
+        None => return Err(drop::CT_MAP_INSERTION_FAILED),
+    };
+    // SAFETY: per-CPU scratch value, used by this CPU only for the duration of this program.
+    let (fwd, rev) = unsafe { (&mut (*sc).fwd, &mut (*sc).rev) };
+    *fwd = CtKey {
         saddr: pkt.saddr,
         daddr: pkt.daddr,
         sport: pkt.sport,
@@ -582,7 +700,7 @@ fn process(ctx: &TcContext, pkt: &Packet, direction: u8) -> Result<i32, u8> {
         family: pkt.family,
         pad: 0,
     };
-    let rev = CtKey {
+    *rev = CtKey {
         saddr: pkt.daddr,
         daddr: pkt.saddr,
         sport: pkt.dport,
@@ -596,11 +714,10 @@ fn process(ctx: &TcContext, pkt: &Packet, direction: u8) -> Result<i32, u8> {
         family: pkt.family,
         pad: 0,
     };
-    let syn_only = pkt.proto == proto::TCP && pkt.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN;
 
     let mut state = CtState::New;
     let mut entry: *mut CtEntry = core::ptr::null_mut();
-    if let Some(e) = CT.get_ptr_mut(&fwd) {
+    if let Some(e) = CT.get_ptr_mut(&*fwd) {
         // SAFETY: live map value.
         let (expired, closing) = unsafe {
             (
@@ -609,14 +726,14 @@ fn process(ctx: &TcContext, pkt: &Packet, direction: u8) -> Result<i32, u8> {
             )
         };
         if expired || (closing && syn_only) {
-            let _ = CT.remove(&fwd);
+            let _ = CT.remove(&*fwd);
         } else {
             state = CtState::Established;
             entry = e;
         }
     }
     if state == CtState::New {
-        if let Some(e) = CT.get_ptr_mut(&rev) {
+        if let Some(e) = CT.get_ptr_mut(&*rev) {
             // SAFETY: live map value.
             if unsafe { (*e).expires_ns } >= now {
                 state = CtState::Reply;
@@ -624,6 +741,31 @@ fn process(ctx: &TcContext, pkt: &Packet, direction: u8) -> Result<i32, u8> {
             }
         }
     }
+
+    if state == CtState::New {
+        // A connection into this endpoint that an endpoint of this node opened through a
+        // service: its ingress entry records the frontend too, to name the service in flows.
+        if direction == dir::INGRESS {
+            fwd.scope = CT_SCOPE_EGRESS;
+            if let Some(e) = CT.get_ptr_mut(&*fwd) {
+                // SAFETY: live map value.
+                pkt.rev_nat = unsafe { (*e).rev_nat };
+            }
+            fwd.scope = direction;
+        }
+    } else {
+        // SAFETY: `entry` is a live map value found above.
+        let rev_nat = unsafe { (*entry).rev_nat };
+        if rev_nat != 0 {
+            pkt.rev_nat = rev_nat;
+            // A reply to a connection this endpoint opened through a service: back to the
+            // frontend's address and port (the event keeps the backend as the source).
+            if state == CtState::Reply && direction == dir::INGRESS {
+                xl.reverse = rev_nat;
+            }
+        }
+    }
+    let pkt: &Packet = pkt;
 
     let mut ev_flags = 0u8;
     let mut new_conn = false;
@@ -683,7 +825,9 @@ fn process(ctx: &TcContext, pkt: &Packet, direction: u8) -> Result<i32, u8> {
         } else {
             cfg.ct_other_lifetime_ns
         };
-        let ct = CtEntry {
+        // SAFETY: per-CPU scratch value, as above.
+        let ct = unsafe { &mut (*sc).new };
+        *ct = CtEntry {
             expires_ns: now + lifetime,
             last_report_ns: now,
             tx_packets: 0,
@@ -702,12 +846,12 @@ fn process(ctx: &TcContext, pkt: &Packet, direction: u8) -> Result<i32, u8> {
             match_type: d.match_type,
             rule_id: d.rule_id,
             ep_id: ep_id as u16,
-            pad: [0; 2],
+            rev_nat: pkt.rev_nat,
         };
-        if CT.insert(&fwd, &ct, BPF_NOEXIST as u64).is_err() && CT.get_ptr_mut(&fwd).is_none() {
+        if CT.insert(&*fwd, &*ct, BPF_NOEXIST as u64).is_err() && CT.get_ptr_mut(&*fwd).is_none() {
             return Err(drop::CT_MAP_INSERTION_FAILED);
         }
-        match CT.get_ptr_mut(&fwd) {
+        match CT.get_ptr_mut(&*fwd) {
             Some(e) => entry = e,
             None => return Err(drop::CT_MAP_INSERTION_FAILED),
         }
@@ -803,6 +947,10 @@ fn process(ctx: &TcContext, pkt: &Packet, direction: u8) -> Result<i32, u8> {
         }
         if report {
             e.last_report_ns = now;
+        }
+        // The service entry pinning the backend lives as long as the connection.
+        if !xl.svc_ct.is_null() && (*xl.svc_ct).expires_ns != e.expires_ns {
+            (*xl.svc_ct).expires_ns = e.expires_ns;
         }
         (
             e.tx_packets,
