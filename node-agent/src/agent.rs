@@ -180,6 +180,11 @@ pub struct State {
     pub services: BTreeMap<IpAddr, (String, String)>,
     /// Services with their frontends and backends, from the metadata sources.
     pub service_details: BTreeMap<(String, String), ServiceInfo>,
+    /// Load-balanced service ports (topology file, then the metadata sources).
+    pub lb_services: Vec<crate::lb::Service>,
+    /// Service frontends by reverse-NAT index, as the datapath numbers them (filled by the
+    /// agent after [`crate::lb::Lb::sync`]), for naming translated flows.
+    pub lb_frontends: BTreeMap<u16, crate::lb::FrontendView>,
     /// Named ports the policies use that no endpoint defines (one line each; such a port
     /// allows nothing).
     pub named_port_warnings: BTreeSet<String>,
@@ -386,6 +391,11 @@ impl State {
             revision: 0,
             services: remote.services.clone(),
             service_details: remote.service_details.clone(),
+            lb_services: crate::lb::from_topology(topology)
+                .into_iter()
+                .chain(crate::lb::from_service_info(&remote.service_details))
+                .collect(),
+            lb_frontends: BTreeMap::new(),
             named_port_warnings,
             ep_by_id: Default::default(),
             labels_cache: Default::default(),

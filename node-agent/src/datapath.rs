@@ -666,6 +666,22 @@ impl Datapath {
         self.ct.keys().flatten().count()
     }
 
+    /// What the load balancer's connections use: the backend ids pinned by service CT entries
+    /// and the reverse-NAT indexes of every CT entry (for [`crate::lb::Lb::gc`]).
+    pub fn lb_refs(&self) -> (BTreeSet<u32>, BTreeSet<u16>) {
+        let mut backends = BTreeSet::new();
+        let mut rev_nats = BTreeSet::new();
+        for (k, v) in self.ct.iter().flatten() {
+            if k.scope == periscope_datapath_common::CT_SCOPE_SERVICE {
+                backends.insert(v.rx_bytes as u32);
+            }
+            if v.rev_nat != 0 {
+                rev_nats.insert(v.rev_nat);
+            }
+        }
+        (backends, rev_nats)
+    }
+
     /// Removes expired connection-tracking entries (boot-time `now_ns`); returns how many.
     pub fn ct_gc(&mut self, now_ns: u64) -> usize {
         let expired: Vec<CtKey> = self

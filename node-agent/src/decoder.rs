@@ -272,6 +272,22 @@ pub fn decode(ev: &FlowEvent, state: &State, boot_offset_ns: i128) -> Flow {
     };
     f.source_service = service(&src);
     f.destination_service = service(&dst);
+    // A connection through a service frontend (load balancing): the datapath names the
+    // frontend. Packets towards the backend have it as destination service; replies (which the
+    // client's side translates back to the frontend's address) as source service.
+    if ev.rev_nat != 0
+        && let Some(fe) = state.lb_frontends.get(&ev.rev_nat)
+    {
+        let svc = Some(flow::Service {
+            name: fe.name.clone(),
+            namespace: fe.namespace.clone(),
+        });
+        if is_reply == Some(true) {
+            f.source_service = svc;
+        } else {
+            f.destination_service = svc;
+        }
+    }
     // The policy behind the decision (rule ids index the policy set in force).
     if let Some(p) = state.policies.by_rule_id(ev.rule_id) {
         let policy = flow::Policy {

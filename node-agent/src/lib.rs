@@ -13,6 +13,7 @@ pub use periscope_filter as filters;
 pub mod identity;
 pub mod k8s;
 pub mod k8s_policy;
+pub mod lb;
 pub mod metrics;
 pub mod monitor;
 pub mod observer;

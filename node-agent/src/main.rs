@@ -156,6 +156,18 @@ struct Args {
     /// Do not export flows matching this FlowFilter (JSON), repeatable.
     #[arg(long)]
     export_denylist: Vec<String>,
+    /// Service load balancing: how a new connection to a service picks its backend. maglev:
+    /// Maglev consistent hashing of the connection's source address and ports (Cilium's
+    /// default; every node picks the same backend, and a backend change moves few
+    /// connections); random: uniformly among the active backends. Either way connection
+    /// tracking keeps a connection on its backend.
+    #[arg(long, default_value = "maglev")]
+    lb_algorithm: periscope_agent::lb::Algorithm,
+    /// Maglev lookup table size of every service frontend: a prime such as 251, 1021, 4093,
+    /// 16381 (Cilium's default), 65521 or 131071. It should exceed 100 × the largest backend
+    /// count; memory is 4 bytes per entry per frontend.
+    #[arg(long, default_value_t = 16381, value_parser = periscope_agent::lb::parse_table_size)]
+    lb_maglev_table_size: u32,
     /// Log filter (tracing env-filter syntax), e.g. info, periscope_agent=debug.
     #[arg(long, env = "PERISCOPE_LOG", default_value = "info")]
     log: String,
@@ -275,6 +287,13 @@ async fn run(
     if let Some(ns) = &args.netns {
         dp.set_netns(ns)?;
     }
+    let mut lb = periscope_agent::lb::Lb::open(
+        &args.bpffs_root,
+        periscope_agent::lb::LbConfig {
+            algorithm: args.lb_algorithm,
+            maglev_table_size: args.lb_maglev_table_size,
+        },
+    )?;
     let cfg = DatapathConfig {
         aggregation: args.monitor_aggregation,
         report_interval_ns: args.monitor_aggregation_interval.max(1) * 1_000_000_000,
@@ -340,6 +359,8 @@ async fn run(
     dp.sync_ipcache(&state.ipcache)?;
     let ids = dp.sync_endpoints(&specs)?;
     state.set_endpoint_ids(&ids);
+    lb.sync(&state.lb_services)?;
+    state.lb_frontends = lb.views().clone();
     state.revision = 1;
     // Agent events: what the agent started with, then the start itself (Cilium's order).
     let agent_events = AgentEventRing::new(args.agent_events_capacity);
@@ -477,7 +498,8 @@ async fn run(
         }
         if gc_at.elapsed() > Duration::from_secs(30) {
             let n = dp.ct_gc(boottime_ns());
-            tracing::debug!(removed = n, "conntrack gc");
+            let backends = lb.gc(&dp.lb_refs());
+            tracing::debug!(removed = n, backends, "conntrack gc");
             gc_at = std::time::Instant::now();
         }
         let now = fingerprint(&inputs.iter().map(|p| p.as_path()).collect::<Vec<_>>());
@@ -525,10 +547,16 @@ async fn run(
             State::build(&args.node, &last_good.0, &remote(), policies, &build);
         let applied = dp
             .sync_ipcache(&new_state.ipcache)
-            .and_then(|_| dp.sync_endpoints(&specs));
+            .and_then(|_| dp.sync_endpoints(&specs))
+            .map_err(anyhow::Error::from)
+            .and_then(|ids| {
+                lb.sync(&new_state.lb_services)?;
+                Ok(ids)
+            });
         match applied {
             Ok(ids) => {
                 new_state.set_endpoint_ids(&ids);
+                new_state.lb_frontends = lb.views().clone();
                 progress.revision += 1;
                 new_state.revision = progress.revision;
                 progress.error = None;

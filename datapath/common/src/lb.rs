@@ -101,7 +101,10 @@ pub struct LbBackend {
     /// `LB_BACKEND_F_*` bits.
     pub flags: u8,
     /// Always zero.
-    pub pad: [u8; 3],
+    pub pad: u8,
+    /// The frontend this backend serves (backend ids are per frontend, so a removal or
+    /// termination concerns exactly one frontend).
+    pub rev_nat: u16,
 }
 const _: () = assert!(core::mem::size_of::<LbBackend>() == 24);
 

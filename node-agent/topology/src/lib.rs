@@ -32,6 +32,25 @@
 //! within the pod; ports without a name are allowed and serve no policy. Ports of external
 //! hosts are not used.
 //!
+//! Services (load-balanced in the datapath, see `services` below):
+//!
+//! ```yaml
+//! nodes:
+//!   - name: node-1
+//!     ips: [192.168.10.1]        # optional; the node's addresses: NodePort frontends
+//! services:
+//!   - name: api                 # unique per namespace
+//!     namespace: shop
+//!     clusterIP: 10.96.0.10     # and/or clusterIPs: [10.96.0.10, "fd00:96::10"]
+//!     externalIPs: [203.0.113.7]             # optional; more frontends
+//!     sessionAffinityTimeoutSeconds: 600     # optional; ClientIP session affinity
+//!     ports:
+//!       - {name: http, port: 80, protocol: TCP, targetPort: 8080, nodePort: 30080}
+//!     backends:                              # pod addresses; port = the targetPort
+//!       - {ip: 10.200.1.10}                  # weight 1, state active
+//!       - {ip: 10.200.1.11, weight: 2, state: terminating}
+//! ```
+//!
 //! Every error names the file and the offending field or pod.
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -51,6 +70,136 @@ pub struct Topology {
     /// The pods, VMs and hosts.
     #[serde(default)]
     pub pods: Vec<Pod>,
+    /// Load-balanced services.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<Service>,
+}
+
+/// A service: frontends (cluster IPs, external IPs, node ports) balanced over backends.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Service {
+    /// Name, unique within its namespace.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// The cluster IP (one family); `clusterIPs` gives more.
+    #[serde(default, rename = "clusterIP", skip_serializing_if = "Option::is_none")]
+    pub cluster_ip: Option<IpAddr>,
+    /// Cluster IPs (at most one per family, with `clusterIP`).
+    #[serde(default, rename = "clusterIPs", skip_serializing_if = "Vec::is_empty")]
+    pub cluster_ips: Vec<IpAddr>,
+    /// External IPs: frontends too.
+    #[serde(default, rename = "externalIPs", skip_serializing_if = "Vec::is_empty")]
+    pub external_ips: Vec<IpAddr>,
+    /// ClientIP session affinity with this timeout (seconds, 1-86400); none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_affinity_timeout_seconds: Option<u32>,
+    /// The service ports (at least one).
+    pub ports: Vec<ServicePort>,
+    /// The backends (may be empty: new connections are then dropped).
+    #[serde(default)]
+    pub backends: Vec<ServiceBackend>,
+}
+
+/// A port of a service.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicePort {
+    /// Name (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The frontend port, 1-65535.
+    pub port: u16,
+    /// `TCP` (default) or `UDP`.
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+    /// The backends' port (default: `port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<u16>,
+    /// A node port: a frontend on every address of every node (`nodes[].ips`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_port: Option<u16>,
+}
+
+fn default_protocol() -> String {
+    "TCP".into()
+}
+
+fn default_weight() -> u16 {
+    1
+}
+
+/// A backend of a service.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceBackend {
+    /// Address (a pod's).
+    pub ip: IpAddr,
+    /// Port for every service port (default: each port's `targetPort`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Maglev weight (default 1; 0 = no new connections).
+    #[serde(default = "default_weight")]
+    pub weight: u16,
+    /// `active` (default) or `terminating` (no new connections, established ones go on).
+    #[serde(default)]
+    pub state: BackendState,
+}
+
+/// State of a backend.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendState {
+    /// Takes new connections.
+    #[default]
+    Active,
+    /// Takes no new connections.
+    Terminating,
+}
+
+impl Service {
+    /// `namespace/name`.
+    pub fn full_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The cluster IPs (`clusterIP` and `clusterIPs`, without repeats).
+    pub fn all_cluster_ips(&self) -> Vec<IpAddr> {
+        let mut out: Vec<IpAddr> = self.cluster_ip.iter().copied().collect();
+        for ip in &self.cluster_ips {
+            if !out.contains(ip) {
+                out.push(*ip);
+            }
+        }
+        out
+    }
+
+    /// Every frontend of the service: (address, port, IP protocol number, kind, index of the
+    /// port in `ports`). Kinds: `ClusterIP`, `ExternalIPs`, `NodePort`. Node ports are on the
+    /// addresses of `nodes`.
+    pub fn frontends(&self, nodes: &[Node]) -> Vec<(IpAddr, u16, u8, &'static str, usize)> {
+        let mut out = Vec::new();
+        for (i, p) in self.ports.iter().enumerate() {
+            let proto = match PortProtocol::parse(&p.protocol) {
+                Some(PortProtocol::Tcp) => 6,
+                Some(PortProtocol::Udp) => 17,
+                _ => continue,
+            };
+            for ip in self.all_cluster_ips() {
+                out.push((ip, p.port, proto, "ClusterIP", i));
+            }
+            for ip in &self.external_ips {
+                out.push((*ip, p.port, proto, "ExternalIPs", i));
+            }
+            if let Some(np) = p.node_port {
+                for ip in nodes.iter().flat_map(|n| &n.ips) {
+                    out.push((*ip, np, proto, "NodePort", i));
+                }
+            }
+        }
+        out
+    }
 }
 
 fn default_cluster() -> String {
@@ -67,6 +216,9 @@ pub struct Node {
     /// agent's Peer service. Optional.
     #[serde(default)]
     pub address: Option<String>,
+    /// The node's own addresses: frontends of node ports. Optional.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<IpAddr>,
 }
 
 /// The owning workload of a pod.
@@ -389,6 +541,101 @@ impl Topology {
                 return Err(invalid(
                     at("interface"),
                     format!("{ifname} is used twice on node {}", p.node),
+                ));
+            }
+        }
+        self.validate_services(path)
+    }
+
+    /// Checks the services: names, ports, protocols, unique frontends, backends.
+    fn validate_services(&self, path: &Path) -> Result<(), TopologyError> {
+        let invalid = |field: String, reason: String| TopologyError::Invalid {
+            path: path.to_path_buf(),
+            field,
+            reason,
+        };
+        let mut names = HashSet::new();
+        let mut frontends: BTreeMap<(IpAddr, u16, u8), String> = BTreeMap::new();
+        for (i, s) in self.services.iter().enumerate() {
+            let at = |f: &str| format!("services[{i}] ({}).{f}", s.full_name());
+            check_dns_name(&s.name).map_err(|r| invalid(at("name"), r))?;
+            check_dns_name(&s.namespace).map_err(|r| invalid(at("namespace"), r))?;
+            if !names.insert(s.full_name()) {
+                return Err(invalid(at("name"), "duplicate service".into()));
+            }
+            let ips = s.all_cluster_ips();
+            if ips.iter().filter(|ip| ip.is_ipv4()).count() > 1
+                || ips.iter().filter(|ip| ip.is_ipv6()).count() > 1
+            {
+                return Err(invalid(
+                    at("clusterIPs"),
+                    "at most one IPv4 and one IPv6 cluster IP".into(),
+                ));
+            }
+            if let Some(t) = s.session_affinity_timeout_seconds
+                && !(1..=86400).contains(&t)
+            {
+                return Err(invalid(
+                    at("sessionAffinityTimeoutSeconds"),
+                    format!("{t} is not within 1-86400"),
+                ));
+            }
+            if s.ports.is_empty() {
+                return Err(invalid(at("ports"), "at least one port is required".into()));
+            }
+            for (j, p) in s.ports.iter().enumerate() {
+                let pf = |f: &str| at(&format!("ports[{j}].{f}"));
+                if p.port == 0 {
+                    return Err(invalid(pf("port"), "0 is not a port (1-65535)".into()));
+                }
+                match PortProtocol::parse(&p.protocol) {
+                    Some(PortProtocol::Tcp | PortProtocol::Udp) => {}
+                    _ => {
+                        return Err(invalid(
+                            pf("protocol"),
+                            format!("unknown protocol {:?} (TCP or UDP)", p.protocol),
+                        ));
+                    }
+                }
+                if p.target_port == Some(0) {
+                    return Err(invalid(pf("targetPort"), "0 is not a port (1-65535)".into()));
+                }
+                if p.node_port == Some(0) {
+                    return Err(invalid(pf("nodePort"), "0 is not a port (1-65535)".into()));
+                }
+                if let Some(name) = &p.name {
+                    check_port_name(name).map_err(|r| invalid(pf("name"), r))?;
+                }
+            }
+            for (addr, port, proto, _, j) in s.frontends(&self.nodes) {
+                if let Some(other) = frontends.insert((addr, port, proto), s.full_name()) {
+                    let proto = if proto == 6 { "TCP" } else { "UDP" };
+                    return Err(invalid(
+                        at(&format!("ports[{j}]")),
+                        format!(
+                            "duplicate frontend {}/{proto}: also a frontend of {other}",
+                            std::net::SocketAddr::new(addr, port)
+                        ),
+                    ));
+                }
+            }
+            let mut seen = HashSet::new();
+            for (j, b) in s.backends.iter().enumerate() {
+                let bf = |f: &str| at(&format!("backends[{j}].{f}"));
+                if b.port == Some(0) {
+                    return Err(invalid(bf("port"), "0 is not a port (1-65535)".into()));
+                }
+                if !seen.insert(b.ip) {
+                    return Err(invalid(bf("ip"), format!("{} is listed twice", b.ip)));
+                }
+                if b.ip.is_unspecified() || b.ip.is_multicast() {
+                    return Err(invalid(bf("ip"), format!("{} cannot be a backend", b.ip)));
+                }
+            }
+            if !s.backends.is_empty() && s.backends.iter().all(|b| b.weight == 0) {
+                return Err(invalid(
+                    at("backends"),
+                    "every backend has weight 0: give at least one a weight".into(),
                 ));
             }
         }
