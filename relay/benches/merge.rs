@@ -13,7 +13,6 @@ use periscope_proto::flow::{Endpoint, Flow, Ip, Verdict};
 use periscope_proto::observer::GetFlowsRequest;
 use periscope_proto::observer::get_flows_response::ResponseTypes;
 use periscope_proto::observer::observer_client::ObserverClient;
-use periscope_proto::observer::observer_server::ObserverServer;
 use periscope_relay::config::{PeerKind, PeerSpec};
 use periscope_relay::fanout::MergeOptions;
 use periscope_relay::peers::{Origin, Pool, PoolOptions};
@@ -144,7 +143,7 @@ fn main() {
         let addr = l.local_addr().unwrap();
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(ObserverServer::new(svc).max_encoding_message_size(16 << 20))
+                .add_service(svc.into_server().max_encoding_message_size(16 << 20))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
         );
         // Wait until the pool has connected every agent.

@@ -75,7 +75,7 @@ pub trait Rpc: Send + Sync + 'static {
     -> BoxFuture<Result<tonic::Streaming<Self::Resp>, Status>>;
     /// Event time (ns) and node of a response merged by time; None for notices passed on at
     /// once (node status, lost events).
-    fn sort_key(r: &Self::Resp) -> Option<(i128, String)>;
+    fn sort_key(r: &Self::Resp) -> Option<(i128, &str)>;
     /// Renames nodes as clients see them; false drops the response (a filter the relay applies
     /// itself).
     fn adapt(req: &Self::Req, r: &mut Self::Resp, peer: &Peer) -> bool;
@@ -121,8 +121,8 @@ pub fn now_ts() -> Timestamp {
 enum Msg<T> {
     /// The source delivers (again).
     Open(u64),
-    /// An event to merge by time.
-    Item(u64, i128, String, T),
+    /// An event to merge by time: source, time (ns), node.
+    Item(u64, i128, Arc<str>, T),
     /// A notice to send at once.
     Pass(T),
     /// The source delivers no more (for now).
@@ -200,9 +200,9 @@ async fn run<R: Rpc>(
             match m {
                 Some(Msg::Item(_, t, node, r)) => {
                     if let Some(n) = &mut newest {
-                        n.push(t, &node, r);
+                        n.push(t, node, r);
                     } else if let Some(o) = &mut oldest {
-                        o.push(t, &node, r);
+                        o.push(t, node, r);
                     }
                 }
                 Some(Msg::Pass(r)) => {
@@ -270,8 +270,8 @@ async fn run<R: Rpc>(
                         None => merger.close(src),
                     },
                     Some(Msg::Item(src, t, node, r)) => match &mut phase {
-                        Some(p) => p.push(src, t, &node, r, now, t0),
-                        None => merger.push(src, t, &node, r, now),
+                        Some(p) => p.push(src, t, node, r, now, t0),
+                        None => merger.push(src, t, node, r, now),
                     },
                     Some(Msg::Pass(r)) => {
                         if out.send(Ok(r)).await.is_err() {
@@ -356,7 +356,7 @@ impl<T> History<T> {
         }
     }
 
-    fn push(&mut self, src: u64, t: i128, node: &str, item: T, now: Instant, t0: i128) {
+    fn push(&mut self, src: u64, t: i128, node: Arc<str>, item: T, now: Instant, t0: i128) {
         self.open(src, now);
         let s = self.sources.get_mut(&src).expect("source");
         s.last = Some(now);
@@ -422,6 +422,35 @@ async fn send_opt<T>(tx: &mpsc::Sender<Msg<T>>, m: Option<Msg<T>>) -> bool {
     }
 }
 
+/// The node names of one peer's events, each allocated once.
+#[derive(Default)]
+struct Names {
+    last: Option<Arc<str>>,
+    all: HashSet<Arc<str>>,
+}
+
+impl Names {
+    /// The shared name `node`; a name not seen before is taught to the pool.
+    fn get(&mut self, node: &str, peer: &Peer) -> Arc<str> {
+        if let Some(last) = &self.last
+            && **last == *node
+        {
+            return last.clone();
+        }
+        let name = match self.all.get(node) {
+            Some(n) => n.clone(),
+            None => {
+                peer.learn_node(node);
+                let n: Arc<str> = node.into();
+                self.all.insert(n.clone());
+                n
+            }
+        };
+        self.last = Some(name.clone());
+        name
+    }
+}
+
 /// The forwarder of one peer for one request.
 async fn forward<R: Rpc>(
     peer: Arc<Peer>,
@@ -436,8 +465,9 @@ async fn forward<R: Rpc>(
     let mut down_reported = false;
     let mut opened_once = false;
     let mut retry = 0u32;
-    // Node names seen in this peer's events (taught to the pool once each).
-    let mut known: HashSet<String> = HashSet::new();
+    // Node names seen in this peer's events (taught to the pool once each), shared by the
+    // merge keys of their events.
+    let mut known = Names::default();
     let status = |st: NodeState, message: String| {
         R::node_status(&relay, st, peer.node_names(), message).map(Msg::Pass)
     };
@@ -519,10 +549,7 @@ async fn forward<R: Rpc>(
                                 let msg = match R::sort_key(&r) {
                                     Some((t, node)) => {
                                         last = Some(last.map_or(t, |l| l.max(t)));
-                                        if !known.contains(&node) {
-                                            peer.learn_node(&node);
-                                            known.insert(node.clone());
-                                        }
+                                        let node = known.get(node, &peer);
                                         Msg::Item(src, t, node, r)
                                     }
                                     None => Msg::Pass(r),

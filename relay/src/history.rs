@@ -18,6 +18,7 @@ use periscope_proto::flow::Flow;
 use periscope_proto::observer::{GetFlowsRequest, GetFlowsResponse, get_flows_response};
 use tonic::Status;
 
+use crate::codec::EncodedResponse;
 use crate::store::{History, HistoryRequest};
 use crate::window::{Query, Window};
 
@@ -115,7 +116,7 @@ fn flow_response(f: Flow) -> GetFlowsResponse {
 pub async fn serve_stored(
     source: &dyn HistorySource,
     req: &GetFlowsRequest,
-    tx: &tokio::sync::mpsc::Sender<Result<GetFlowsResponse, Status>>,
+    tx: &tokio::sync::mpsc::Sender<Result<EncodedResponse, Status>>,
 ) -> Result<Option<(GetFlowsRequest, HashSet<String>)>, Status> {
     let mut stored_req = req.clone();
     stored_req.follow = false;
@@ -130,7 +131,11 @@ pub async fn serve_stored(
         {
             seen.insert(f.uuid.clone());
         }
-        if tx.send(Ok(flow_response(f))).await.is_err() {
+        if tx
+            .send(Ok(EncodedResponse::encode(&flow_response(f))))
+            .await
+            .is_err()
+        {
             return Ok(None);
         }
     }
@@ -217,7 +222,9 @@ mod tests {
         drop(tx);
         let mut got = Vec::new();
         while let Some(Ok(r)) = rx.recv().await {
-            if let Some(get_flows_response::ResponseTypes::Flow(f)) = r.response_types {
+            if let Some(get_flows_response::ResponseTypes::Flow(f)) =
+                r.decode().unwrap().response_types
+            {
                 got.push(f.uuid);
             }
         }
@@ -242,7 +249,9 @@ mod tests {
         drop(tx);
         let mut got = Vec::new();
         while let Some(Ok(r)) = rx.recv().await {
-            if let Some(get_flows_response::ResponseTypes::Flow(f)) = r.response_types {
+            if let Some(get_flows_response::ResponseTypes::Flow(f)) =
+                r.decode().unwrap().response_types
+            {
                 got.push(f.uuid);
             }
         }

@@ -32,10 +32,11 @@
 use std::sync::Arc;
 
 use periscope_proto::flow::Flow;
-use periscope_proto::observer::GetFlowsRequest;
 use periscope_proto::observer::get_flows_response::ResponseTypes;
+use periscope_proto::observer::{GetFlowsRequest, GetFlowsResponse};
 use tokio::sync::{broadcast, mpsc, watch};
 
+use crate::codec::Kind;
 use crate::fanout::{self, MergeOptions};
 use crate::peers::Pool;
 use crate::server::{Flows, FlowsReq};
@@ -76,11 +77,21 @@ pub fn spawn_ingest(
     let btx = tx.clone();
     tokio::spawn(async move {
         while let Some(r) = merged.recv().await {
-            if let Ok(r) = r
-                && let Some(ResponseTypes::Flow(f)) = r.response_types
-            {
-                // No receiver is not an error: nobody consumes yet.
-                let _ = btx.send(Arc::new(f));
+            // The merge forwards flows encoded; the consumers here need them decoded.
+            let Ok(r) = r else { continue };
+            if r.kind() != Kind::Flow {
+                continue;
+            }
+            match r.decode() {
+                Ok(GetFlowsResponse {
+                    response_types: Some(ResponseTypes::Flow(f)),
+                    ..
+                }) => {
+                    // No receiver is not an error: nobody consumes yet.
+                    let _ = btx.send(Arc::new(f));
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e.message(), "undecodable flow skipped"),
             }
         }
     });

@@ -13,6 +13,7 @@
 
 pub mod alerts;
 pub mod api;
+pub mod codec;
 pub mod config;
 pub mod fanout;
 pub mod history;

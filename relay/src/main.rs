@@ -5,7 +5,6 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use periscope_proto::flow::Flow;
-use periscope_proto::observer::observer_server::ObserverServer;
 use periscope_relay::alerts::{
     Alerting, AlertingConfig, AlertmanagerConfig, Receiver, WebhookConfig,
 };
@@ -241,10 +240,11 @@ async fn run(config: Config) -> Result<()> {
             tonic_health::ServingStatus::Serving,
         )
         .await;
-    let observer = ObserverServer::new(
-        RelayService::new(pool.clone(), merge, stop.clone()).with_history(history),
-    )
-    .max_encoding_message_size(16 << 20);
+    // GetFlows responses go out as the peers encoded them (see `periscope_relay::codec`).
+    let observer = RelayService::new(pool.clone(), merge, stop.clone())
+        .with_history(history)
+        .into_server()
+        .max_encoding_message_size(16 << 20);
     let router = tonic::transport::Server::builder()
         .add_service(health_svc)
         .add_service(observer);

@@ -22,6 +22,7 @@
 //! that keeps the newest (or oldest) `number` items of everything it is given.
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Identifies one input stream of a merge (the relay uses the peer id).
@@ -32,8 +33,9 @@ pub type SourceId = u64;
 pub struct Key {
     /// Event time, ns since the Unix epoch.
     pub time: i128,
-    /// Name of the node the event comes from (ties at equal times).
-    pub node: String,
+    /// Name of the node the event comes from (ties at equal times); shared, not copied per
+    /// item.
+    pub node: Arc<str>,
     /// Arrival order (ties at equal time and node; keeps a node's order).
     pub seq: u64,
 }
@@ -157,7 +159,14 @@ impl<T> Merger<T> {
     }
 
     /// Adds an item of `source` at `time` (ns) from `node`. A source not opened before is opened.
-    pub fn push(&mut self, source: SourceId, time: i128, node: &str, item: T, now: Instant) {
+    pub fn push(
+        &mut self,
+        source: SourceId,
+        time: i128,
+        node: impl Into<Arc<str>>,
+        item: T,
+        now: Instant,
+    ) {
         let s = self.sources.entry(source).or_insert(Source {
             held: 0,
             last_push: now,
@@ -173,7 +182,7 @@ impl<T> Merger<T> {
         self.heap.push(Reverse(Held {
             key: Key {
                 time,
-                node: node.to_string(),
+                node: node.into(),
                 seq: self.seq,
             },
             source,
@@ -321,11 +330,11 @@ impl<T> Newest<T> {
     }
 
     /// Offers an item.
-    pub fn push(&mut self, time: i128, node: &str, item: T) {
+    pub fn push(&mut self, time: i128, node: impl Into<Arc<str>>, item: T) {
         self.seq += 1;
         let key = Key {
             time,
-            node: node.to_string(),
+            node: node.into(),
             seq: self.seq,
         };
         if self.heap.len() >= self.n {
@@ -369,11 +378,11 @@ impl<T> Oldest<T> {
     }
 
     /// Offers an item.
-    pub fn push(&mut self, time: i128, node: &str, item: T) {
+    pub fn push(&mut self, time: i128, node: impl Into<Arc<str>>, item: T) {
         self.seq += 1;
         let key = Key {
             time,
-            node: node.to_string(),
+            node: node.into(),
             seq: self.seq,
         };
         if self.heap.len() >= self.n {
@@ -534,7 +543,7 @@ mod tests {
                     id += 1;
                     let item = (*c, source, id);
                     pushed.push(item);
-                    m.push(source as u64, *c, &format!("n{source}"), item, now);
+                    m.push(source as u64, *c, format!("n{source}"), item, now);
                 }
                 Op::Tick(ms) => now += Duration::from_millis(ms as u64),
                 Op::Open(s) => m.open(s as u64, now),
@@ -618,8 +627,8 @@ mod tests {
             let mut oldest = Oldest::new(n);
             let mut all = Vec::new();
             for (seq, (t, node)) in items.iter().enumerate() {
-                newest.push(*t, &format!("n{node}"), seq);
-                oldest.push(*t, &format!("n{node}"), seq);
+                newest.push(*t, format!("n{node}"), seq);
+                oldest.push(*t, format!("n{node}"), seq);
                 all.push(((*t, format!("n{node}"), seq), seq));
             }
             all.sort();

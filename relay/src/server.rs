@@ -23,7 +23,7 @@ use periscope_filter::FlowFilterSet;
 use periscope_proto::flow::FlowFilter;
 use periscope_proto::observer::get_flows_response::ResponseTypes;
 use periscope_proto::observer::observer_client::ObserverClient;
-use periscope_proto::observer::observer_server::Observer;
+use periscope_proto::observer::observer_server::{Observer, ObserverServer};
 use periscope_proto::observer::{
     GetAgentEventsRequest, GetAgentEventsResponse, GetDebugEventsRequest, GetDebugEventsResponse,
     GetFlowsRequest, GetFlowsResponse, GetNamespacesRequest, GetNamespacesResponse,
@@ -31,11 +31,13 @@ use periscope_proto::observer::{
 };
 use periscope_proto::relay::{NodeState, NodeStatusEvent};
 use tokio::sync::{mpsc, watch};
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::codegen::http::{self, uri::PathAndQuery};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use crate::codec::{EncodedResponse, FlowsCodec, Kind};
 use crate::fanout::{self, BoxFuture, MergeOptions, Rpc, Window, nanos, now_ts, timestamp};
 use crate::history::{HistorySource, serve_stored, wants_history};
 use crate::peers::{Peer, Pool, fetch_nodes};
@@ -98,59 +100,81 @@ fn rename_in_place(peer: &Peer, name: &mut String) {
 /// GetFlows.
 pub struct Flows;
 
+/// The gRPC path of GetFlows.
+const GET_FLOWS: &str = "/observer.Observer/GetFlows";
+
+/// GetFlows: peers' responses are forwarded encoded ([`EncodedResponse`]); only node names are
+/// rewritten, and a flow is decoded only for a node-name filter of the relay.
 impl Rpc for Flows {
     type Req = FlowsReq;
-    type Resp = GetFlowsResponse;
+    type Resp = EncodedResponse;
 
     fn open(ch: Channel, req: FlowsReq) -> BoxFuture<Result<tonic::Streaming<Self::Resp>, Status>> {
         Box::pin(async move {
-            let mut c = ObserverClient::new(ch).max_decoding_message_size(16 << 20);
-            Ok(c.get_flows(req.wire).await?.into_inner())
+            let mut grpc = tonic::client::Grpc::new(ch).max_decoding_message_size(16 << 20);
+            grpc.ready()
+                .await
+                .map_err(|e| Status::unavailable(format!("peer not ready: {e}")))?;
+            let call = grpc.server_streaming(
+                Request::new(req.wire),
+                PathAndQuery::from_static(GET_FLOWS),
+                FlowsCodec::<GetFlowsRequest, EncodedResponse>::default(),
+            );
+            Ok(call.await?.into_inner())
         })
     }
 
-    fn sort_key(r: &GetFlowsResponse) -> Option<(i128, String)> {
-        match &r.response_types {
-            Some(ResponseTypes::Flow(f)) => {
-                let t = r.time.as_ref().or(f.time.as_ref());
-                let node = if r.node_name.is_empty() {
-                    &f.node_name
-                } else {
-                    &r.node_name
-                };
-                Some((nanos(t), node.clone()))
-            }
-            _ => None,
-        }
+    fn sort_key(r: &EncodedResponse) -> Option<(i128, &str)> {
+        (r.kind() == Kind::Flow).then(|| (r.time(), r.node_name()))
     }
 
-    fn adapt(req: &FlowsReq, r: &mut GetFlowsResponse, peer: &Peer) -> bool {
-        match &mut r.response_types {
-            Some(ResponseTypes::Flow(f)) => {
-                rename_in_place(peer, &mut f.node_name);
-                rename_in_place(peer, &mut r.node_name);
-                if let Some(local) = &req.local {
-                    // With a field mask the flow may lack node_name: filter on a copy that has it.
-                    if f.node_name.is_empty() && !r.node_name.is_empty() {
-                        let mut whole = f.clone();
-                        whole.node_name = r.node_name.clone();
-                        return local.matches(&whole);
+    fn adapt(req: &FlowsReq, r: &mut EncodedResponse, peer: &Peer) -> bool {
+        match r.kind() {
+            Kind::Flow => {
+                match r.renamed(|n| peer.rename(n)) {
+                    Ok(Some(renamed)) => *r = renamed,
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::debug!(peer = peer.id, error = %e.message(), "flow dropped");
+                        return false;
                     }
-                    return local.matches(f);
                 }
-                true
-            }
-            Some(ResponseTypes::NodeStatus(ev)) => {
-                for n in &mut ev.node_names {
-                    rename_in_place(peer, n);
+                let Some(local) = &req.local else {
+                    return true;
+                };
+                match r.decode() {
+                    Ok(GetFlowsResponse {
+                        node_name,
+                        response_types: Some(ResponseTypes::Flow(mut f)),
+                        ..
+                    }) => {
+                        // With a field mask the flow may lack node_name: filter with the
+                        // response's.
+                        if f.node_name.is_empty() {
+                            f.node_name = node_name;
+                        }
+                        local.matches(&f)
+                    }
+                    _ => false,
                 }
+            }
+            // Rare: decoded, renamed and encoded again.
+            Kind::NodeStatus | Kind::LostEvents => {
+                let Ok(mut d) = r.decode() else {
+                    return false;
+                };
+                match &mut d.response_types {
+                    Some(ResponseTypes::NodeStatus(ev)) => {
+                        for n in &mut ev.node_names {
+                            rename_in_place(peer, n);
+                        }
+                    }
+                    _ => rename_in_place(peer, &mut d.node_name),
+                }
+                *r = EncodedResponse::encode(&d);
                 true
             }
-            Some(ResponseTypes::LostEvents(_)) => {
-                rename_in_place(peer, &mut r.node_name);
-                true
-            }
-            None => false,
+            Kind::Other => false,
         }
     }
 
@@ -159,8 +183,8 @@ impl Rpc for Flows {
         state: NodeState,
         node_names: Vec<String>,
         message: String,
-    ) -> Option<GetFlowsResponse> {
-        Some(GetFlowsResponse {
+    ) -> Option<EncodedResponse> {
+        Some(EncodedResponse::encode(&GetFlowsResponse {
             node_name: relay.to_string(),
             time: Some(now_ts()),
             response_types: Some(ResponseTypes::NodeStatus(NodeStatusEvent {
@@ -168,7 +192,7 @@ impl Rpc for Flows {
                 node_names,
                 message,
             })),
-        })
+        }))
     }
 
     fn resume(req: &FlowsReq, last: Option<i128>) -> FlowsReq {
@@ -210,8 +234,8 @@ macro_rules! events_rpc {
                 Box::pin(async move { Ok(ObserverClient::new(ch).$call(req).await?.into_inner()) })
             }
 
-            fn sort_key(r: &Self::Resp) -> Option<(i128, String)> {
-                Some((nanos(r.time.as_ref()), r.node_name.clone()))
+            fn sort_key(r: &Self::Resp) -> Option<(i128, &str)> {
+                Some((nanos(r.time.as_ref()), &r.node_name))
             }
 
             fn adapt(_: &Self::Req, r: &mut Self::Resp, peer: &Peer) -> bool {
@@ -315,7 +339,7 @@ impl RelayService {
         &self,
         history: Arc<dyn HistorySource>,
         req: GetFlowsRequest,
-    ) -> BoxStream<GetFlowsResponse> {
+    ) -> BoxStream<EncodedResponse> {
         let (tx, rx) = mpsc::channel(1024);
         let (pool, merge, shutdown) =
             (self.pool.clone(), self.merge.clone(), self.shutdown.clone());
@@ -339,11 +363,9 @@ impl RelayService {
             let (ltx, mut lrx) = mpsc::channel(1024);
             fanout::spawn::<Flows>(pool, live_req, merge, ltx, shutdown);
             while let Some(r) = lrx.recv().await {
-                if let Ok(GetFlowsResponse {
-                    response_types: Some(ResponseTypes::Flow(f)),
-                    ..
-                }) = &r
-                    && seen.contains(&f.uuid)
+                if !seen.is_empty()
+                    && let Ok(r) = &r
+                    && r.flow_uuid().is_ok_and(|u| seen.contains(u))
                 {
                     continue;
                 }
@@ -461,17 +483,9 @@ async fn peer_nodes(peer: Arc<Peer>, pool: Arc<Pool>) -> Vec<Node> {
         .collect()
 }
 
-#[tonic::async_trait]
-impl Observer for RelayService {
-    type GetFlowsStream = BoxStream<GetFlowsResponse>;
-    type GetAgentEventsStream = BoxStream<GetAgentEventsResponse>;
-    type GetDebugEventsStream = BoxStream<GetDebugEventsResponse>;
-
-    async fn get_flows(
-        &self,
-        req: Request<GetFlowsRequest>,
-    ) -> Result<Response<Self::GetFlowsStream>, Status> {
-        let req = req.into_inner();
+impl RelayService {
+    /// GetFlows, answered with the responses as encoded (see [`RelayServer`]).
+    pub fn flows(&self, req: GetFlowsRequest) -> Result<BoxStream<EncodedResponse>, Status> {
         if let Some(h) = &self.history
             && wants_history(&**h, &req)
         {
@@ -482,7 +496,7 @@ impl Observer for RelayService {
                 follow = req.follow,
                 "GetFlows from history"
             );
-            return Ok(Response::new(self.history_stream(h.clone(), req)));
+            return Ok(self.history_stream(h.clone(), req));
         }
         let r = FlowsReq::new(req)?;
         tracing::debug!(
@@ -492,7 +506,31 @@ impl Observer for RelayService {
             filters = r.wire.whitelist.len() + r.wire.blacklist.len(),
             "GetFlows"
         );
-        Ok(Response::new(self.stream::<Flows>(r)))
+        Ok(self.stream::<Flows>(r))
+    }
+
+    /// The Observer service with GetFlows answered from encoded responses.
+    pub fn into_server(self) -> RelayServer {
+        RelayServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl Observer for RelayService {
+    type GetFlowsStream = BoxStream<GetFlowsResponse>;
+    type GetAgentEventsStream = BoxStream<GetAgentEventsResponse>;
+    type GetDebugEventsStream = BoxStream<GetDebugEventsResponse>;
+
+    /// GetFlows with decoded responses: only for a plain [`ObserverServer`]; the relay serves
+    /// [`RelayServer`], which writes them as they are.
+    async fn get_flows(
+        &self,
+        req: Request<GetFlowsRequest>,
+    ) -> Result<Response<Self::GetFlowsStream>, Status> {
+        let s = self.flows(req.into_inner())?;
+        Ok(Response::new(Box::pin(
+            s.map(|r| r.and_then(|e| e.decode())),
+        )))
     }
 
     async fn get_agent_events(
@@ -593,6 +631,95 @@ impl Observer for RelayService {
         st.num_unavailable_nodes = Some(unavailable);
         Ok(Response::new(st))
     }
+}
+
+/// The relay's `observer.Observer` service: [`ObserverServer`] over [`RelayService`], except
+/// GetFlows, whose responses are written as the peers encoded them ([`FlowsCodec`]) instead of
+/// being decoded into `GetFlowsResponse`s only to be encoded again.
+#[derive(Clone)]
+pub struct RelayServer {
+    service: Arc<RelayService>,
+    rest: ObserverServer<RelayService>,
+    max_decoding: Option<usize>,
+    max_encoding: Option<usize>,
+}
+
+impl RelayServer {
+    /// The service over `service`.
+    pub fn new(service: RelayService) -> Self {
+        let service = Arc::new(service);
+        RelayServer {
+            rest: ObserverServer::from_arc(service.clone()),
+            service,
+            max_decoding: None,
+            max_encoding: None,
+        }
+    }
+
+    /// Limits the size of a decoded request (default 4 MiB).
+    #[must_use]
+    pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+        self.max_decoding = Some(limit);
+        self.rest = self.rest.max_decoding_message_size(limit);
+        self
+    }
+
+    /// Limits the size of an encoded response (default unlimited).
+    #[must_use]
+    pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+        self.max_encoding = Some(limit);
+        self.rest = self.rest.max_encoding_message_size(limit);
+        self
+    }
+}
+
+/// GetFlows of [`RelayServer`].
+struct FlowsSvc(Arc<RelayService>);
+
+impl tonic::server::ServerStreamingService<GetFlowsRequest> for FlowsSvc {
+    type Response = EncodedResponse;
+    type ResponseStream = BoxStream<EncodedResponse>;
+    type Future = BoxFuture<Result<Response<Self::ResponseStream>, Status>>;
+
+    fn call(&mut self, req: Request<GetFlowsRequest>) -> Self::Future {
+        let svc = self.0.clone();
+        Box::pin(async move { svc.flows(req.into_inner()).map(Response::new) })
+    }
+}
+
+impl<B> tonic::codegen::Service<http::Request<B>> for RelayServer
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != GET_FLOWS {
+            return self.rest.call(req);
+        }
+        let svc = FlowsSvc(self.service.clone());
+        let (max_decoding, max_encoding) = (self.max_decoding, self.max_encoding);
+        Box::pin(async move {
+            let mut grpc =
+                tonic::server::Grpc::new(FlowsCodec::<EncodedResponse, GetFlowsRequest>::default())
+                    .apply_max_message_size_config(max_decoding, max_encoding);
+            Ok(grpc.server_streaming(svc, req).await)
+        })
+    }
+}
+
+impl tonic::server::NamedService for RelayServer {
+    const NAME: &'static str = "observer.Observer";
 }
 
 #[cfg(test)]
