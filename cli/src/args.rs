@@ -56,10 +56,35 @@ pub struct GlobalArgs {
     #[arg(long, global = true, default_value = "12s", value_parser = parse_duration_flag, value_name = "DURATION", help_heading = "Server")]
     pub request_timeout: Duration,
 
-    /// Use TLS to connect to the server (not supported yet; so is a `tls://`
-    /// server prefix).
-    #[arg(long, global = true, help_heading = "Server")]
+    /// Use TLS to connect to the server (so does a `tls://` server prefix, or any
+    /// other --tls-* flag). Without --tls-ca-cert-files the system's trusted CAs
+    /// verify the server.
+    #[arg(long, global = true, help_heading = "TLS")]
     pub tls: bool,
+
+    /// CA certificate files (PEM) that the server's certificate must chain to
+    /// (repeat or separate with commas).
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        value_name = "FILE",
+        help_heading = "TLS"
+    )]
+    pub tls_ca_cert_files: Vec<std::path::PathBuf>,
+
+    /// Client certificate (PEM) for mutual TLS (needs --tls-client-key-file).
+    #[arg(long, global = true, value_name = "FILE", help_heading = "TLS")]
+    pub tls_client_cert_file: Option<std::path::PathBuf>,
+
+    /// Private key (PEM) of --tls-client-cert-file.
+    #[arg(long, global = true, value_name = "FILE", help_heading = "TLS")]
+    pub tls_client_key_file: Option<std::path::PathBuf>,
+
+    /// Name to verify in the server's certificate instead of the host of
+    /// --server.
+    #[arg(long, global = true, value_name = "NAME", help_heading = "TLS")]
+    pub tls_server_name: Option<String>,
 
     /// Print debug information: every relay node status notice and unknown
     /// response types.

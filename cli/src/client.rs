@@ -10,7 +10,7 @@ use periscope_proto::observer::{
     GetFlowsRequest, GetNamespacesRequest, GetNodesRequest, ServerStatusRequest,
 };
 use periscope_proto::relay::NodeState;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -24,28 +24,99 @@ use crate::{CliError, RpcError};
 /// Health service name the hubble CLI checks before `status`.
 pub const OBSERVER_HEALTH_SERVICE: &str = "hubble.server.Observer";
 
-/// The `http://` URI tonic dials for a `--server` value.
+/// The URI tonic dials for a `--server` value: `https://` with TLS (`--tls`, a
+/// `tls://` or `https://` prefix), `http://` (h2c) otherwise.
 pub fn server_uri(server: &str, tls: bool) -> Result<String, CliError> {
-    if tls || server.starts_with("tls://") || server.starts_with("https://") {
-        return Err(CliError::TlsNotSupported);
-    }
     if server.starts_with("unix://") || server.starts_with("unix:") {
         return Err(CliError::Invalid(format!(
             "unix socket servers are not supported yet: {server}"
         )));
     }
+    for prefix in ["tls://", "https://"] {
+        if let Some(address) = server.strip_prefix(prefix) {
+            return Ok(format!("https://{address}"));
+        }
+    }
     let address = server.strip_prefix("http://").unwrap_or(server);
-    Ok(format!("http://{address}"))
+    let scheme = if tls { "https" } else { "http" };
+    Ok(format!("{scheme}://{address}"))
 }
 
-/// Opens the HTTP/2 (h2c) channel, failing after `--timeout`.
+/// Whether any flag asks for TLS.
+fn wants_tls(global: &GlobalArgs) -> bool {
+    global.tls
+        || !global.tls_ca_cert_files.is_empty()
+        || global.tls_client_cert_file.is_some()
+        || global.tls_client_key_file.is_some()
+        || global.tls_server_name.is_some()
+}
+
+fn read_flag_file(flag: &str, path: &std::path::Path) -> Result<Vec<u8>, CliError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| CliError::Tls(format!("{flag} {}: {e}", path.display())))?;
+    if !String::from_utf8_lossy(&bytes).contains("-----BEGIN ") {
+        return Err(CliError::Tls(format!(
+            "{flag} {}: no PEM item in the file",
+            path.display()
+        )));
+    }
+    Ok(bytes)
+}
+
+/// The TLS configuration of the `--tls*` flags for a server whose host is `host`.
+pub fn tls_config(global: &GlobalArgs, host: &str) -> Result<ClientTlsConfig, CliError> {
+    let name = global.tls_server_name.clone().unwrap_or_else(|| {
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned()
+    });
+    let mut config = ClientTlsConfig::new().domain_name(name);
+    if global.tls_ca_cert_files.is_empty() {
+        config = config.with_native_roots();
+    }
+    for ca in &global.tls_ca_cert_files {
+        config = config.ca_certificate(Certificate::from_pem(read_flag_file(
+            "--tls-ca-cert-files",
+            ca,
+        )?));
+    }
+    match (&global.tls_client_cert_file, &global.tls_client_key_file) {
+        (None, None) => {}
+        (Some(cert), Some(key)) => {
+            config = config.identity(Identity::from_pem(
+                read_flag_file("--tls-client-cert-file", cert)?,
+                read_flag_file("--tls-client-key-file", key)?,
+            ));
+        }
+        (Some(_), None) => {
+            return Err(CliError::Tls(
+                "--tls-client-cert-file needs --tls-client-key-file".into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(CliError::Tls(
+                "--tls-client-key-file needs --tls-client-cert-file".into(),
+            ));
+        }
+    }
+    Ok(config)
+}
+
+/// Opens the HTTP/2 channel (h2c, or TLS per the `--tls*` flags), failing after
+/// `--timeout`.
 pub async fn connect(global: &GlobalArgs) -> Result<Channel, CliError> {
     let target = global.server_address();
-    let uri = server_uri(&target, global.tls)?;
-    let endpoint = Endpoint::from_shared(uri).map_err(|e| CliError::Connect {
+    let uri = server_uri(&target, wants_tls(global))?;
+    let mut endpoint = Endpoint::from_shared(uri.clone()).map_err(|e| CliError::Connect {
         target: target.clone(),
         reason: format!("invalid address: {e}"),
     })?;
+    if uri.starts_with("https://") {
+        let host = endpoint.uri().host().unwrap_or_default().to_owned();
+        endpoint = endpoint
+            .tls_config(tls_config(global, &host)?)
+            .map_err(|e| CliError::Tls(format!("TLS configuration: {}", connect_reason(&e))))?;
+    }
     let endpoint = endpoint.connect_timeout(global.timeout);
     match tokio::time::timeout(global.timeout, endpoint.connect()).await {
         Ok(Ok(channel)) => Ok(channel),

@@ -54,9 +54,9 @@ pub enum CliError {
         /// What went wrong, e.g. `connection refused`.
         reason: String,
     },
-    /// `--tls` or a `tls://` server.
-    #[error("TLS not supported yet")]
-    TlsNotSupported,
+    /// A TLS flag's file cannot be used, or TLS flags do not go together.
+    #[error("{0}")]
+    Tls(String),
     /// The server answered with a gRPC error.
     #[error(transparent)]
     Rpc(#[from] RpcError),

@@ -139,6 +139,11 @@ impl Observer for Fake {
 
 /// Starts the fake on its own runtime thread; returns its address.
 fn start(fake: Fake) -> SocketAddr {
+    start_with(fake, None)
+}
+
+/// The fake server, with TLS (mutual when the files name a client CA) when `tls` is given.
+fn start_with(fake: Fake, tls: Option<periscope_tls::ServerTlsFiles>) -> SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -161,12 +166,27 @@ fn start(fake: Fake) -> SocketAddr {
             reporter
                 .set_service_status("hubble.server.Observer", status)
                 .await;
-            Server::builder()
+            let router = Server::builder()
                 .add_service(health)
-                .add_service(ObserverServer::new(fake))
-                .serve_with_incoming(TcpIncoming::from(listener))
-                .await
-                .expect("fake server runs");
+                .add_service(ObserverServer::new(fake));
+            match tls {
+                None => {
+                    router
+                        .serve_with_incoming(TcpIncoming::from(listener))
+                        .await
+                }
+                Some(files) => {
+                    let config =
+                        periscope_tls::ReloadingServerConfig::new(files).expect("server TLS files");
+                    router
+                        .serve_with_incoming(periscope_tls::tls_incoming(
+                            listener,
+                            Arc::new(config),
+                        ))
+                        .await
+                }
+            }
+            .expect("fake server runs");
         });
     });
     rx.recv_timeout(Duration::from_secs(10))
@@ -478,22 +498,117 @@ async fn conflicts_fail_before_connecting() {
         ran.result.expect_err("fails").to_string(),
         "filters --namespace and --pod cannot be combined"
     );
-    let ran = run_lib(&["periscope", "observe", "--server", &server, "--tls"]).await;
+    let ran = run_lib(&[
+        "periscope",
+        "observe",
+        "--server",
+        &server,
+        "--tls-client-cert-file",
+        "/nonexistent/client.pem",
+    ])
+    .await;
     assert_eq!(
         ran.result.expect_err("fails").to_string(),
-        "TLS not supported yet"
+        "--tls-client-cert-file needs --tls-client-key-file"
     );
     let ran = run_lib(&[
         "periscope",
         "observe",
         "--server",
         &format!("tls://{server}"),
+        "--tls-ca-cert-files",
+        "/nonexistent/ca.pem",
     ])
     .await;
-    assert_eq!(
-        ran.result.expect_err("fails").to_string(),
-        "TLS not supported yet"
+    let e = ran.result.expect_err("fails").to_string();
+    assert!(
+        e.starts_with("--tls-ca-cert-files /nonexistent/ca.pem: "),
+        "{e}"
     );
+}
+
+/// Mutual TLS: the CLI with the right CA and client certificate gets flows; without a
+/// client certificate, with one from another CA, or in plain text it is refused; a server
+/// certificate from an unknown CA is refused by the CLI.
+#[tokio::test]
+async fn mutual_tls() {
+    use periscope_tls::test_ca::TestCa;
+    let dir = std::env::temp_dir().join(format!("periscope-cli-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let ca = TestCa::new("test CA");
+    let rogue = TestCa::new("rogue CA");
+    let (scert, skey) = ca.issue(&["observer.periscope.test"]);
+    let (ccert, ckey) = ca.issue(&["cli"]);
+    let (rcert, rkey) = rogue.issue(&["cli"]);
+    let ca_f = file("ca.pem", &ca.pem);
+    let rogue_ca_f = file("rogue-ca.pem", &rogue.pem);
+    let (ccert_f, ckey_f) = (file("c.pem", &ccert), file("c.key", &ckey));
+    let (rcert_f, rkey_f) = (file("r.pem", &rcert), file("r.key", &rkey));
+    let files = periscope_tls::ServerTlsFiles {
+        cert: file("s.pem", &scert).into(),
+        key: file("s.key", &skey).into(),
+        client_ca: Some(ca_f.clone().into()),
+    };
+    let fake = Fake {
+        responses: canned(),
+        ..Fake::default()
+    };
+    let server = start_with(fake, Some(files)).to_string();
+    let base = |ca: &str, cert: &str, key: &str| {
+        vec![
+            "periscope".to_owned(),
+            "observe".into(),
+            "--server".into(),
+            server.clone(),
+            "--tls".into(),
+            "--tls-server-name".into(),
+            "observer.periscope.test".into(),
+            "--tls-ca-cert-files".into(),
+            ca.into(),
+            "--tls-client-cert-file".into(),
+            cert.into(),
+            "--tls-client-key-file".into(),
+            key.into(),
+        ]
+    };
+    fn as_refs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    let ok = run_lib(&as_refs(&base(&ca_f, &ccert_f, &ckey_f))).await;
+    ok.result.expect("mutual TLS with the right certificates");
+    assert_eq!(ok.out, format!("{LINE_0}\n{LINE_1}\n"));
+
+    let rogue_client = run_lib(&as_refs(&base(&ca_f, &rcert_f, &rkey_f))).await;
+    assert!(
+        rogue_client.result.is_err(),
+        "unknown client certificate accepted"
+    );
+    let wrong_ca = run_lib(&as_refs(&base(&rogue_ca_f, &ccert_f, &ckey_f))).await;
+    assert!(wrong_ca.result.is_err(), "server of an unknown CA accepted");
+    let no_cert = run_lib(&[
+        "periscope",
+        "observe",
+        "--server",
+        &format!("tls://{server}"),
+        "--tls-server-name",
+        "observer.periscope.test",
+        "--tls-ca-cert-files",
+        &ca_f,
+    ])
+    .await;
+    assert!(
+        no_cert.result.is_err(),
+        "missing client certificate accepted"
+    );
+    let plain = run_lib(&["periscope", "observe", "--server", &server]).await;
+    assert!(plain.result.is_err(), "plain text accepted by a TLS server");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]

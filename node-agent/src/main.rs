@@ -115,6 +115,22 @@ struct Args {
     /// default: the listen address.
     #[arg(long)]
     advertise: Option<String>,
+    /// TLS certificate chain (PEM) of the gRPC API; with --tls-key the API is served with TLS
+    /// only. Without the TLS flags it is plain text (h2c), with a warning. The files are
+    /// reloaded when they change (new connections get the new certificate).
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// CA bundle (PEM) for client certificates: clients (the relay) must present a certificate
+    /// signed by one of these CAs (mutual TLS); others are rejected at the handshake.
+    #[arg(long, value_name = "FILE")]
+    tls_client_ca: Option<PathBuf>,
+    /// Server name clients should verify in this agent's certificate, announced by GetNodes and
+    /// the Peer service when TLS is on.
+    #[arg(long, value_name = "NAME")]
+    tls_server_name: Option<String>,
     /// Address of the Prometheus metrics endpoint (/metrics). Without this flag: 0.0.0.0:9965,
     /// or the next free port above it when another agent on the host has it.
     #[arg(long)]
@@ -208,6 +224,15 @@ fn main() -> Result<()> {
     if !matches!(args.output.as_str(), "compact" | "none") {
         bail!("--output {:?}: expected compact or none", args.output);
     }
+    // TLS files are checked before anything else is done (a bad path names the flag and file).
+    let tls = periscope_tls::ServerTlsFiles::from_options(
+        args.tls_cert.clone(),
+        args.tls_key.clone(),
+        args.tls_client_ca.clone(),
+    )?
+    .map(periscope_tls::ReloadingServerConfig::new)
+    .transpose()?
+    .map(Arc::new);
     // The listeners are bound before the runtime starts.
     let listener = bind_free(args.listen.as_deref(), AGENT_PORT, "--listen")?;
     let metrics_listener = bind_free(
@@ -219,7 +244,7 @@ fn main() -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?
-        .block_on(run(args, listener, metrics_listener))
+        .block_on(run(args, listener, metrics_listener, tls))
 }
 
 /// Port of the agent API; the relay's 4245 is skipped when looking for a free one.
@@ -257,6 +282,7 @@ async fn run(
     args: Args,
     listener: std::net::TcpListener,
     metrics_listener: std::net::TcpListener,
+    tls: Option<Arc<periscope_tls::ReloadingServerConfig>>,
 ) -> Result<()> {
     let topology = Topology::load(&args.topology)?;
     if !topology.nodes.iter().any(|n| n.name == args.node) {
@@ -395,24 +421,41 @@ async fn run(
             tonic_health::ServingStatus::Serving,
         )
         .await;
+    let tls_name = tls
+        .as_ref()
+        .map(|_| args.tls_server_name.clone().unwrap_or_default());
     let observer = ObserverService::new(
         ring.clone(),
         agent_events.clone(),
         state.clone(),
         advertise.clone(),
-    );
-    let peer = PeerService::new(state.clone(), advertise.clone());
-    tokio::spawn(async move {
-        let r = tonic::transport::Server::builder()
-            .add_service(health_svc)
-            .add_service(ObserverServer::new(observer))
-            .add_service(PeerServer::new(peer))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "gRPC server stopped");
+    )
+    .with_tls(tls_name.clone());
+    let peer = PeerService::new(state.clone(), advertise.clone()).with_tls(tls_name);
+    let router = tonic::transport::Server::builder()
+        .add_service(health_svc)
+        .add_service(ObserverServer::new(observer))
+        .add_service(PeerServer::new(peer));
+    match tls {
+        None => {
+            tracing::warn!(address = %local, "serving the Observer API in plain text (no --tls-cert/--tls-key)");
+            tokio::spawn(async move {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                if let Err(e) = router.serve_with_incoming(incoming).await {
+                    tracing::error!(error = %e, "gRPC server stopped");
+                }
+            });
         }
-    });
+        Some(tls) => {
+            tracing::info!(address = %local, mutual = args.tls_client_ca.is_some(), "serving the Observer API with TLS");
+            tokio::spawn(async move {
+                let incoming = periscope_tls::tls_incoming(listener, tls);
+                if let Err(e) = router.serve_with_incoming(incoming).await {
+                    tracing::error!(error = %e, "gRPC server stopped");
+                }
+            });
+        }
+    }
     tracing::info!(address = %local, "serving the Observer API");
     progress.api_address = Some(local.to_string());
 

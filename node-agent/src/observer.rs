@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use periscope_proto::flow::{self, Flow, LostEvent};
+use periscope_proto::observer;
 use periscope_proto::observer::observer_server::Observer;
 use periscope_proto::observer::{
     GetAgentEventsRequest, GetAgentEventsResponse, GetDebugEventsRequest, GetDebugEventsResponse,
@@ -51,6 +52,9 @@ pub struct ObserverService {
     started: Instant,
     /// Address this agent serves on (for Peer and GetNodes).
     pub address: String,
+    /// Set when the API is served with TLS: the server name clients should verify (may be
+    /// empty: none announced).
+    tls: Option<String>,
 }
 
 impl ObserverService {
@@ -68,7 +72,15 @@ impl ObserverService {
             state,
             started: Instant::now(),
             address,
+            tls: None,
         }
+    }
+
+    /// Announces in GetNodes that the API is served with TLS, with the server name clients
+    /// should verify (empty: none).
+    pub fn with_tls(mut self, server_name: Option<String>) -> Self {
+        self.tls = server_name;
+        self
     }
 }
 
@@ -498,7 +510,10 @@ impl Observer for ObserverService {
                 version: VERSION.into(),
                 address: self.address.clone(),
                 state: NodeState::NodeConnected as i32,
-                tls: None,
+                tls: self.tls.as_ref().map(|server_name| observer::Tls {
+                    enabled: true,
+                    server_name: server_name.clone(),
+                }),
                 uptime_ns: self.started.elapsed().as_nanos() as u64,
                 num_flows: self.ring.len() as u64,
                 max_flows: self.ring.capacity() as u64,
@@ -550,13 +565,33 @@ impl Observer for ObserverService {
 pub struct PeerService {
     state: Arc<RwLock<State>>,
     address: String,
+    tls: Option<String>,
 }
 
 impl PeerService {
     /// A Peer service announcing this node at `address` and the topology's other nodes that
     /// declare an `address`.
     pub fn new(state: Arc<RwLock<State>>, address: String) -> Self {
-        PeerService { state, address }
+        PeerService {
+            state,
+            address,
+            tls: None,
+        }
+    }
+
+    /// Announces the nodes as serving TLS (a fleet shares one TLS configuration), with the
+    /// server name clients should verify (empty: none).
+    pub fn with_tls(mut self, server_name: Option<String>) -> Self {
+        self.tls = server_name;
+        self
+    }
+
+    fn tls(&self) -> Option<periscope_proto::peer::Tls> {
+        self.tls
+            .as_ref()
+            .map(|server_name| periscope_proto::peer::Tls {
+                server_name: server_name.clone(),
+            })
     }
 }
 
@@ -573,7 +608,7 @@ impl Peer for PeerService {
             name: st.node.clone(),
             address: self.address.clone(),
             r#type: ChangeNotificationType::PeerAdded as i32,
-            tls: None,
+            tls: self.tls(),
         }];
         for (name, addr) in &st.node_addresses {
             if *name != st.node {
@@ -581,7 +616,7 @@ impl Peer for PeerService {
                     name: name.clone(),
                     address: addr.clone(),
                     r#type: ChangeNotificationType::PeerAdded as i32,
-                    tls: None,
+                    tls: self.tls(),
                 });
             }
         }

@@ -24,5 +24,5 @@ pub mod server;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
-pub mod tls;
+pub use periscope_tls as tls;
 pub mod window;

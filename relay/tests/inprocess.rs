@@ -490,38 +490,7 @@ async fn a_relay_over_relays_names_clusters_and_survives_one() {
     assert_eq!(st.unavailable_nodes, ["east/n1"]);
 }
 
-/// A CA and certificates it signs (rcgen).
-struct Ca {
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-    pem: String,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let pem = params.self_signed(&key).unwrap().pem();
-        Ca {
-            issuer: rcgen::Issuer::new(params, key),
-            pem,
-        }
-    }
-
-    fn issue(&self, names: &[&str]) -> (String, String) {
-        let params =
-            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        (
-            params.signed_by(&key, &self.issuer).unwrap().pem(),
-            key.serialize_pem(),
-        )
-    }
-}
+use periscope_tls::test_ca::TestCa as Ca;
 
 fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("relay-it-{name}-{}", std::process::id()));

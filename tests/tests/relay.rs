@@ -18,7 +18,7 @@ use periscope_proto::observer::{
     ServerStatusRequest,
 };
 use periscope_proto::relay::NodeState;
-use periscope_testbed::agent::{Agent, cli_bin};
+use periscope_testbed::agent::{Agent, agent_bin, cli_bin};
 use periscope_testbed::relay::{Relay, relay_bin};
 use periscope_testbed::traffic::{self, TcpEchoServer};
 use periscope_testbed::{PodHandle, Testbed, TestbedOptions};
@@ -638,41 +638,7 @@ fn two_clusters_under_a_top_relay_one_cluster_killed() {
     drop(traffic);
 }
 
-/// A CA and certificates it signs (rcgen), as PEM.
-struct Ca {
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-    pem: String,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let key = rcgen::KeyPair::generate().expect("key");
-        let pem = params.self_signed(&key).expect("CA certificate").pem();
-        Ca {
-            issuer: rcgen::Issuer::new(params, key),
-            pem,
-        }
-    }
-
-    fn issue(&self, names: &[&str]) -> (String, String) {
-        let params =
-            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .expect("params");
-        let key = rcgen::KeyPair::generate().expect("key");
-        (
-            params
-                .signed_by(&key, &self.issuer)
-                .expect("certificate")
-                .pem(),
-            key.serialize_pem(),
-        )
-    }
-}
+use periscope_tls::test_ca::TestCa as Ca;
 
 async fn tls_get_nodes(
     address: &str,
@@ -703,11 +669,6 @@ async fn tls_get_nodes(
 #[test]
 fn mutual_tls_between_relays_rejects_unknown_clients() {
     let tb = Testbed::from_yaml(TOPO, TestbedOptions::default()).expect("test bed");
-    let a1 = Agent::start(&tb, "n1", "", &[]);
-    let _db = TcpEchoServer::start(tb.pod("shop/db"), 5432);
-    assert!(traffic::tcp_probe(tb.pod("shop/web"), tb.pod("shop/db").v4(5432), T).is_echoed());
-    a1.wait_flows(Duration::from_secs(5), "n1 flows", |f| f.len() >= 2);
-
     let dir = std::env::temp_dir().join(format!("periscope-e2e-mtls-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("cert dir");
@@ -735,6 +696,25 @@ fn mutual_tls_between_relays_rejects_unknown_clients() {
         file("rogue.key", &rogue_key),
     );
 
+    // The agent serves its API with mutual TLS: the relay dials it with a client certificate.
+    let a1 = Agent::start(
+        &tb,
+        "n1",
+        "",
+        &[
+            "--tls-cert",
+            &cert_f,
+            "--tls-key",
+            &key_f,
+            "--tls-client-ca",
+            &ca_f,
+        ],
+    );
+    let _db = TcpEchoServer::start(tb.pod("shop/db"), 5432);
+    assert!(traffic::tcp_probe(tb.pod("shop/web"), tb.pod("shop/db").v4(5432), T).is_echoed());
+    a1.wait_flows(Duration::from_secs(5), "n1 flows", |f| f.len() >= 2);
+    let agent_address = a1.api_address().replace("0.0.0.0", "127.0.0.1");
+
     // A bad certificate path is a start-up error naming the flag and the file.
     let out = Command::new(relay_bin())
         .args([
@@ -750,6 +730,20 @@ fn mutual_tls_between_relays_rejects_unknown_clients() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("--tls-cert /nonexistent/server.pem"), "{err}");
+    // The agent too, before it touches the datapath.
+    let out = Command::new(agent_bin())
+        .args(["--topology", "/nonexistent/topology.yaml", "--node", "n1"])
+        .args([
+            "--tls-cert",
+            &cert_f,
+            "--tls-key",
+            "/nonexistent/server.key",
+        ])
+        .output()
+        .expect("run periscope-agent");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("--tls-key /nonexistent/server.key"), "{err}");
 
     let secure = Relay::start(
         "secure",
@@ -757,7 +751,15 @@ fn mutual_tls_between_relays_rejects_unknown_clients() {
             "--cluster-name",
             "sec",
             "--peers",
-            &a1.api_address(),
+            &agent_address,
+            "--peer-tls-ca",
+            &ca_f,
+            "--peer-tls-cert",
+            &ccert_f,
+            "--peer-tls-key",
+            &ckey_f,
+            "--peer-tls-server-name",
+            "localhost",
             "--tls-cert",
             &cert_f,
             "--tls-key",
@@ -835,6 +837,30 @@ fn mutual_tls_between_relays_rejects_unknown_clients() {
             Err(_) => false,
         };
         assert!(!plain, "plain text accepted by a TLS relay");
+        // The agent itself: the relay's certificate is accepted, others and plain text are not,
+        // and GetNodes says TLS is on.
+        let agent_nodes = tls_get_nodes(&agent_address, &ca.pem, Some((&client_cert, &client_key)))
+            .await
+            .expect("the agent accepts a known client certificate");
+        assert!(
+            agent_nodes[0].tls.as_ref().is_some_and(|t| t.enabled),
+            "{agent_nodes:?}"
+        );
+        let bad = tls_get_nodes(&agent_address, &ca.pem, Some((&rogue_cert, &rogue_key))).await;
+        assert!(
+            bad.is_err(),
+            "agent accepted an unknown client certificate: {bad:?}"
+        );
+        let none = tls_get_nodes(&agent_address, &ca.pem, None).await;
+        assert!(
+            none.is_err(),
+            "agent accepted a client without certificate: {none:?}"
+        );
+        let plain = match ObserverClient::connect(format!("http://{agent_address}")).await {
+            Ok(mut p) => p.get_nodes(GetNodesRequest {}).await.is_ok(),
+            Err(_) => false,
+        };
+        assert!(!plain, "plain text accepted by a TLS agent");
         // The relay with the unknown certificate never gets the cluster.
         let mut i = connect(&intruder.address).await;
         tokio::time::sleep(Duration::from_secs(3)).await;

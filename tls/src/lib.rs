@@ -1,6 +1,6 @@
-//! TLS with rustls (ring): the relay's server side, with optional client-certificate
-//! verification (mutual TLS) and certificate files reloaded when they change, and the client
-//! side used to dial peers.
+//! TLS with rustls (ring) for Periscope's gRPC servers (the agent's and the relay's Observer
+//! API), with optional client-certificate verification (mutual TLS) and certificate files
+//! reloaded when they change, and the client side (the relay dialing its peers, the CLI).
 //!
 //! - Server: [`ReloadingServerConfig`] stats the certificate, key and CA files at every accepted
 //!   connection (three `stat`s) and rebuilds the rustls configuration when one changed; a file
@@ -110,7 +110,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The files of the relay's TLS server.
+/// The files of a TLS server.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerTlsFiles {
     /// Certificate chain (PEM), `--tls-cert`.
@@ -225,7 +225,7 @@ pub struct ReloadingServerConfig {
 }
 
 impl ReloadingServerConfig {
-    /// Loads the files (an error here is fatal: the relay does not start with bad files).
+    /// Loads the files (an error here is fatal: a server does not start with bad files).
     pub fn new(files: ServerTlsFiles) -> Result<Self, TlsError> {
         let print = fingerprint(&files.paths());
         let config = files.load()?;
@@ -388,31 +388,36 @@ impl PeerTlsFiles {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
+/// A throwaway CA for tests (feature `test-ca`): certificates are made at test time.
+#[cfg(any(test, feature = "test-ca"))]
+pub mod test_ca {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 
     /// A CA and certificates it signs.
-    pub(crate) struct TestCa {
+    pub struct TestCa {
         issuer: Issuer<'static, KeyPair>,
+        /// The CA's own certificate (PEM): the bundle clients and servers trust.
+        pub pem: String,
     }
 
     impl TestCa {
-        pub(crate) fn new(name: &str) -> TestCa {
+        /// A new CA named `name`.
+        pub fn new(name: &str) -> TestCa {
             let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
             params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
             params
                 .distinguished_name
                 .push(rcgen::DnType::CommonName, name);
             let key = KeyPair::generate().unwrap();
+            let pem = params.self_signed(&key).unwrap().pem();
             TestCa {
                 issuer: Issuer::new(params, key),
+                pem,
             }
         }
 
         /// (certificate PEM, key PEM) for `names` (DNS names or IP addresses).
-        pub(crate) fn issue(&self, names: &[&str]) -> (String, String) {
+        pub fn issue(&self, names: &[&str]) -> (String, String) {
             let params =
                 CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                     .unwrap();
@@ -421,9 +426,15 @@ pub(crate) mod tests {
             (cert.pem(), key.serialize_pem())
         }
     }
+}
 
-    pub(crate) fn scratch(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("relay-tls-{name}-{}", std::process::id()));
+#[cfg(test)]
+mod tests {
+    use super::test_ca::TestCa;
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("periscope-tls-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
