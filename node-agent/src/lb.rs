@@ -297,7 +297,15 @@ fn open_hash<K: aya::Pod, V: aya::Pod>(
 struct Applied {
     value: LbService,
     slots: u32,
-    table: Vec<u32>,
+    /// Hash of the Maglev table (tables are large: 64 KiB per frontend at the default size).
+    table: u64,
+}
+
+fn table_hash(t: &[u32]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    t.hash(&mut h);
+    h.finish()
 }
 
 /// Backend identity: (frontend, address, port, protocol).
@@ -518,12 +526,13 @@ impl Lb {
                 value.flags |= LB_SVC_F_AFFINITY;
             }
             let before = self.applied.get(&rev_nat).cloned();
+            let thash = table_hash(&table);
             // Unknown state (first sync after a start): the pinned entry's generation.
             let old_gen = match &before {
                 Some(a) => Some(a.value.generation),
                 None => self.services.get(key, 0).ok().map(|v| v.generation),
             };
-            let table_changed = before.as_ref().is_none_or(|a| a.table != table);
+            let table_changed = before.as_ref().is_none_or(|a| a.table != thash);
             value.generation = match (old_gen, table_changed) {
                 (Some(g), false) => g,
                 (Some(g), true) => g ^ 1,
@@ -531,7 +540,7 @@ impl Lb {
             };
             let slots_before = before.as_ref().map_or(0, |a| a.slots);
             let unchanged = before.as_ref().is_some_and(|a| {
-                a.value == value && a.table == table && a.slots == active.len() as u32
+                a.value == value && a.table == thash && a.slots == active.len() as u32
             });
             if unchanged {
                 continue;
@@ -585,7 +594,7 @@ impl Lb {
                 Applied {
                     value,
                     slots: active.len() as u32,
-                    table,
+                    table: thash,
                 },
             );
         }

@@ -44,12 +44,15 @@ use periscope_topology::Topology;
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// The benchmarks `cargo xtask bench` knows.
-const BENCHMARKS: &[&str] = &["datapath", "agent", "relay"];
+const BENCHMARKS: &[&str] = &["datapath", "agent", "relay", "lb"];
+
+/// `cargo xtask bench lb`: service load balancing against kube-proxy's iptables rules.
+mod lb;
 
 /// Options of `cargo xtask bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Which benchmark: datapath, agent, relay, or all (the default) for every one.
+    /// Which benchmark: datapath, agent, relay, lb, or all (the default) for every one.
     which: Option<String>,
     /// Smoke run: 1 s per measurement, 1 repetition.
     #[arg(long)]
@@ -110,6 +113,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             "datapath" => datapath(&opts)?,
             "agent" => agent(&opts)?,
             "relay" => relay(&opts)?,
+            "lb" => lb::run(&opts)?,
             other => unreachable!("benchmark {other} is listed but not dispatched"),
         }
     }
