@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use periscope_proto::flow::{Flow, Verdict};
-use periscope_testbed::agent::Agent;
+use periscope_testbed::agent::{Agent, cli_bin};
 use periscope_testbed::traffic::{TcpClientConn, TcpEchoServer, UdpEchoServer, tcp_probe};
 use periscope_testbed::{PodHandle, Testbed, TestbedOptions, Topology};
 
@@ -45,6 +45,12 @@ services:
     namespace: shop
     clusterIP: 10.96.0.11
     ports: [{port: 80, targetPort: 8080}]
+  - name: sticky
+    namespace: shop
+    clusterIP: 10.96.0.12
+    sessionAffinityTimeoutSeconds: 600
+    ports: [{port: 80, targetPort: 8080}]
+    backends: [{ip: 10.211.1.1}, {ip: 10.211.1.2}, {ip: 10.211.1.3}, {ip: 10.211.1.4}]
 "#;
 
 const T: Duration = Duration::from_secs(2);
@@ -236,6 +242,53 @@ fn maglev_spreads_pins_and_translates_back_ipv4_ipv6_nodeport() {
             && service_of(&f.destination_service) == "shop/api"),
         "to-endpoint trace with destination_service"
     );
+
+    // `periscope observe --to-service` selects them through the Observer API.
+    let out = std::process::Command::new(cli_bin())
+        .args(["--server", &agent.api_address()])
+        .args([
+            "observe",
+            "--to-service",
+            "shop/api",
+            "--last",
+            "2000",
+            "-o",
+            "json",
+        ])
+        .output()
+        .expect("run periscope");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert!(lines.len() > 10, "flows to the service: {}", lines.len());
+    for l in &lines {
+        let f = if l["flow"].is_null() { l } else { &l["flow"] };
+        assert_eq!(f["destination_service"]["name"], "api", "{l}");
+        assert_eq!(f["destination_service"]["namespace"], "shop", "{l}");
+    }
+}
+
+#[test]
+fn session_affinity_keeps_a_client_on_one_backend() {
+    let tb = testbed();
+    let _agent = Agent::start(&tb, "n1", "", &[]);
+    let servers = Servers::start(&tb);
+    for pod in ["client", "other"] {
+        let before = servers.accepted();
+        connections(tb.pod(pod), sock("10.96.0.12", 80), 60);
+        let d = deltas(&servers.accepted(), &before);
+        assert_eq!(
+            d.iter().filter(|x| **x > 0).collect::<Vec<_>>(),
+            vec![&60],
+            "{pod}: every connection on one backend: {d:?}"
+        );
+    }
 }
 
 #[test]
