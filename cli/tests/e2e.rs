@@ -211,6 +211,7 @@ fn flow(i: u32, reply: Option<bool>) -> Flow {
             destination: "10.0.0.2".into(),
             ip_version: IpVersion::IPv4 as i32,
             encrypted: false,
+            source_xlated: String::new(),
         }),
         source: Some(Endpoint {
             namespace: "default".into(),

@@ -50,6 +50,7 @@ fn forward() -> Flow {
             destination: "10.0.0.2".into(),
             ip_version: IpVersion::IPv4 as i32,
             encrypted: false,
+            source_xlated: String::new(),
         }),
         l4: tcp(43210, 80),
         source: endpoint("default", "client", 12345),
@@ -204,6 +205,7 @@ fn compact_ipv6_brackets_and_icmp() {
         destination: "fd00::2".into(),
         ip_version: IpVersion::IPv6 as i32,
         encrypted: false,
+        source_xlated: String::new(),
     });
     flow.source = None;
     flow.destination = None;

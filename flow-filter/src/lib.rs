@@ -1428,6 +1428,7 @@ mod tests {
                 IpVersion::IPv4 as i32
             },
             encrypted: false,
+            source_xlated: String::new(),
         })
     }
 

@@ -231,6 +231,7 @@ pub fn decode(ev: &FlowEvent, state: &State, boot_offset_ns: i128) -> Flow {
                 IpVersion::IPv4
             } as i32,
             encrypted: false,
+            source_xlated: String::new(),
         }),
         l4: l4.map(|p| Layer4 { protocol: Some(p) }),
         source: Some(source),
@@ -284,6 +285,13 @@ pub fn decode(ev: &FlowEvent, state: &State, boot_offset_ns: i128) -> Flow {
         });
         if is_reply == Some(true) {
             f.source_service = svc;
+            // Where the reply was translated back (the client's ingress): the flow shows the
+            // backend as source and the service address it now carries.
+            if ev.direction == dp::dir::INGRESS
+                && let Some(ip) = f.ip.as_mut()
+            {
+                ip.source_xlated = fe.addr.ip().to_string();
+            }
         } else {
             f.destination_service = svc;
         }

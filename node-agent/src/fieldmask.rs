@@ -476,6 +476,7 @@ mod tests {
                 destination: "10.0.0.2".into(),
                 ip_version: 1,
                 encrypted: true,
+                source_xlated: String::new(),
             }),
             l4: Some(Layer4 {
                 protocol: Some(layer4::Protocol::Tcp(Tcp {

@@ -25,6 +25,7 @@ fn sample_flow() -> Flow {
             destination: "10.0.0.2".into(),
             ip_version: IpVersion::IPv4 as i32,
             encrypted: false,
+            source_xlated: String::new(),
         }),
         l4: Some(Layer4 {
             protocol: Some(layer4::Protocol::Tcp(flow::Tcp {

@@ -671,6 +671,7 @@ impl FlowRow {
             destination: self.destination_ip.clone(),
             ip_version: self.enum_value::<IpVersion>("ip_version", &self.ip_version)?,
             encrypted: self.ip_encrypted != 0,
+            source_xlated: String::new(),
         };
         f.ip = (ip != flow::Ip::default()).then_some(ip);
 

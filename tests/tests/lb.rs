@@ -243,6 +243,26 @@ fn maglev_spreads_pins_and_translates_back_ipv4_ipv6_nodeport() {
         "to-endpoint trace with destination_service"
     );
 
+    // Replies delivered to the client: translated back, the backend as source, the service
+    // address as the translated source (Hubble's IP.source_xlated).
+    let reply = flows
+        .iter()
+        .find(|f| {
+            f.is_reply == Some(true)
+                && f.traffic_direction == 1
+                && f.destination
+                    .as_ref()
+                    .is_some_and(|d| d.pod_name == "client")
+                && service_of(&f.source_service) == "shop/api"
+        })
+        .expect("a reply flow at the client");
+    let ip = reply.ip.as_ref().unwrap();
+    assert!(
+        [VIP4, VIP6].contains(&ip.source_xlated.as_str()),
+        "source_xlated is the service address: {reply:?}"
+    );
+    assert!(ip.source.starts_with("10.211.1.") || ip.source.starts_with("fd00:211::1:"));
+
     // `periscope observe --to-service` selects them through the Observer API.
     let out = std::process::Command::new(cli_bin())
         .args(["--server", &agent.api_address()])

@@ -126,6 +126,7 @@ pub fn synthetic_flow(i: usize, start_ns: i64) -> Flow {
             destination: format!("10.1.0.{}", i % 7 + 1),
             ip_version: IpVersion::IPv4 as i32,
             encrypted: false,
+            source_xlated: String::new(),
         }),
         l4: Some(Layer4 {
             protocol: Some(Protocol::Tcp(flow::Tcp {

@@ -32,6 +32,7 @@ pub fn full_flow() -> Flow {
             destination: "fd00::2".into(),
             ip_version: IpVersion::IPv6 as i32,
             encrypted: true,
+            source_xlated: String::new(),
         }),
         l4: Some(Layer4 {
             protocol: Some(Protocol::Tcp(flow::Tcp {

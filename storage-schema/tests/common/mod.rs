@@ -219,6 +219,7 @@ impl Spec {
                 destination: self.dst.ip.into(),
                 ip_version: IpVersion::IPv4 as i32,
                 encrypted: false,
+                source_xlated: String::new(),
             }),
             l4: Some(Layer4 {
                 protocol: Some(self.l4),
