@@ -5,6 +5,10 @@
 //!   "K8sNamespace", "K8sPodName", "NamedPorts"}` (`Metadata` is
 //!   `cilium-global:<cluster>:<node>:<endpoint>`; `NamedPorts` is `[{"Name", "Port",
 //!   "Protocol"}]`, the endpoint's named container ports, which egress named ports resolve to)
+//! - `<prefix>/services/v1/<cluster>/<namespace>/<name>` → Cilium's `ClusterService` JSON
+//!   `{"cluster", "namespace", "name", "frontends": {<ip>: {<port name>: {"Protocol", "Port"}}},
+//!   "backends": {<ip>: {<port name>: {"Protocol", "Port"}}}, …}`: a service whose frontends
+//!   the datapath load-balances over the backends (matched by port name)
 //!
 //! with `<prefix>` = `cilium/state` by default. The source lists both prefixes, then watches them
 //! from the listed revision, so a key written to etcd reaches every agent within the watch
@@ -23,7 +27,60 @@ use periscope_topology::{ContainerPort, Pod, PortProtocol, check_port_name};
 use serde::Deserialize;
 
 use crate::identity::{LABEL_CLUSTER, LABEL_NAMESPACE, Label, LabelSet};
-use crate::sources::{Backoff, SharedView};
+use crate::sources::{Backoff, Frontend, ServiceInfo, SharedView};
+
+/// A `services/v1` entry (Cilium's `ClusterService`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct ClusterService {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Frontend address → port name → port.
+    #[serde(default)]
+    pub frontends: BTreeMap<IpAddr, BTreeMap<String, L4Addr>>,
+    /// Backend address → port name → port.
+    #[serde(default)]
+    pub backends: BTreeMap<IpAddr, BTreeMap<String, L4Addr>>,
+}
+
+/// A port of a `ClusterService` (Cilium's `L4Addr`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct L4Addr {
+    /// `TCP` or `UDP`.
+    #[serde(rename = "Protocol")]
+    pub protocol: String,
+    /// Port number.
+    #[serde(rename = "Port")]
+    pub port: u16,
+}
+
+impl ClusterService {
+    /// As the agent's service description (frontends, backends by port name).
+    pub fn info(&self) -> ServiceInfo {
+        let mut info = ServiceInfo::default();
+        for (ip, ports) in &self.frontends {
+            for (port_name, p) in ports {
+                info.frontends.push(Frontend {
+                    ip: *ip,
+                    port: p.port,
+                    protocol: p.protocol.to_ascii_uppercase(),
+                    port_name: port_name.clone(),
+                    kind: "ClusterIP".into(),
+                });
+            }
+        }
+        for (ip, ports) in &self.backends {
+            for (port_name, p) in ports {
+                info.backends
+                    .entry(port_name.clone())
+                    .or_default()
+                    .insert((*ip, p.port));
+            }
+        }
+        info
+    }
+}
 
 /// Settings of the etcd source.
 #[derive(Clone, Debug)]
@@ -126,6 +183,8 @@ pub struct KvState {
     pub identities: BTreeMap<u32, LabelSet>,
     /// Key → IP entry.
     pub ips: BTreeMap<String, IpEntry>,
+    /// Key → service.
+    pub services: BTreeMap<String, ClusterService>,
 }
 
 impl KvState {
@@ -156,6 +215,21 @@ impl KvState {
                 });
             }
             self.ips.insert(key.to_string(), e);
+        } else if key.starts_with("services/v1/") {
+            let s: ClusterService =
+                serde_json::from_slice(value).map_err(|e| format!("{key}: {e}"))?;
+            for ports in s.frontends.values().chain(s.backends.values()) {
+                for (name, p) in ports {
+                    let proto = p.protocol.to_ascii_uppercase();
+                    if p.port == 0 || !matches!(proto.as_str(), "TCP" | "UDP") {
+                        return Err(format!(
+                            "{key}: port {name:?}: {}/{} is not a TCP or UDP port",
+                            p.port, p.protocol
+                        ));
+                    }
+                }
+            }
+            self.services.insert(key.to_string(), s);
         }
         Ok(())
     }
@@ -167,9 +241,19 @@ impl KvState {
             .and_then(|i| i.parse::<u32>().ok())
         {
             self.identities.remove(&id);
+        } else if key.starts_with("services/v1/") {
+            self.services.remove(key);
         } else {
             self.ips.remove(key);
         }
+    }
+
+    /// The services by (namespace, name).
+    pub fn service_details(&self) -> BTreeMap<(String, String), ServiceInfo> {
+        self.services
+            .values()
+            .map(|s| ((s.namespace.clone(), s.name.clone()), s.info()))
+            .collect()
     }
 
     /// The endpoints (remote pods with fixed identities) and the labels of their identities.
@@ -257,8 +341,10 @@ pub type SharedIdentities = std::sync::Arc<std::sync::Mutex<BTreeMap<u32, LabelS
 fn publish(kv: &KvState, view: &SharedView, identities: &SharedIdentities) {
     let (pods, ids) = kv.pods();
     *identities.lock().expect("identities lock") = ids;
+    let services = kv.service_details();
     view.update(|v| {
         v.pods = pods;
+        v.service_details = services;
         v.connected = true;
         v.last_error = None;
     });
@@ -402,6 +488,32 @@ mod tests {
             ]
         );
         assert!(pods["ip/v1/c/10.0.0.2"].ports.is_empty());
+    }
+
+    #[test]
+    fn cluster_services_become_load_balanced_services() {
+        let mut kv = KvState::default();
+        kv.put(
+            "services/v1/c1/default/foo",
+            br#"{"cluster":"c1","namespace":"default","name":"foo","frontends":{"172.20.0.177":{"http":{"Protocol":"TCP","Port":80}}},"backends":{"10.0.0.1":{"http":{"Protocol":"TCP","Port":8080}},"10.0.0.2":{"http":{"Protocol":"TCP","Port":8080}}},"labels":{},"selector":{},"includeExternal":true,"shared":true,"clusterID":1}"#,
+        )
+        .unwrap();
+        assert!(
+            kv.put(
+                "services/v1/c1/default/bad",
+                br#"{"namespace":"default","name":"bad","frontends":{"172.20.0.1":{"x":{"Protocol":"ICMP","Port":1}}}}"#,
+            )
+            .is_err()
+        );
+        let lb = crate::lb::from_service_info(&kv.service_details());
+        assert_eq!(lb.len(), 1);
+        assert_eq!(
+            lb[0].frontends,
+            vec![("172.20.0.177".parse().unwrap(), 80, 6)]
+        );
+        assert_eq!(lb[0].backends.len(), 2);
+        kv.delete("services/v1/c1/default/foo");
+        assert!(kv.service_details().is_empty());
     }
 
     #[test]

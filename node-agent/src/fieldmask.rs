@@ -312,6 +312,7 @@ message!(IP: Ip = "flow.IP" [
     (value "destination" destination),
     (value "ipVersion" ip_version),
     (value "encrypted" encrypted),
+    (value "source_xlated" source_xlated),
 ]);
 
 message!(LAYER4: Layer4 = "flow.Layer4" [

@@ -362,7 +362,12 @@ async fn run(
                 .collect(),
             identities: etcd_ids.lock().expect("identities").clone(),
             services: k.services,
-            service_details: k.service_details,
+            // Services of the kvstore (Cilium's services/v1), then the API server's.
+            service_details: {
+                let mut d = etcd_view.snapshot().service_details;
+                d.extend(k.service_details);
+                d
+            },
         }
     };
     // Policies of the files plus those of the Kubernetes API.
