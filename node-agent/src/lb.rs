@@ -80,7 +80,7 @@ pub fn parse_table_size(s: &str) -> Result<u32, String> {
 }
 
 fn is_prime(n: u32) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
 }
 
 /// One service port as the datapath balances it: its frontends and its backends.
