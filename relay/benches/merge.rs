@@ -6,6 +6,7 @@
 //! produce 500k flows/s on this machine — its datapath and kernel are the limit, not the relay),
 //! the relay is the real `RelayService` with its merge, and every hop is real gRPC over TCP on
 //! 127.0.0.1. Plain timing, printed; nothing is asserted.
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -89,6 +90,48 @@ async fn read_all(addr: String, expect: usize) -> (usize, Duration) {
     (n, start.elapsed())
 }
 
+/// CPU time (ns) used so far by this process' threads, by role: the thread's name (the fake
+/// agents' runtimes are `fake-server`, the relay's `relay`), `client` for the main thread.
+fn cpu_ns() -> HashMap<String, u64> {
+    let pid = std::process::id().to_string();
+    let mut by = HashMap::new();
+    for task in std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .flatten()
+    {
+        let dir = task.path();
+        let name = if task.file_name().to_str() == Some(pid.as_str()) {
+            "client".to_string()
+        } else {
+            std::fs::read_to_string(dir.join("comm"))
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        };
+        // schedstat: ns on CPU, ns waiting, timeslices.
+        let ns: u64 = std::fs::read_to_string(dir.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        *by.entry(name).or_insert(0) += ns;
+    }
+    by
+}
+
+/// CPU µs per flow of each role between two [`cpu_ns`] readings.
+fn per_flow(before: &HashMap<String, u64>, after: &HashMap<String, u64>, flows: usize) -> [f64; 3] {
+    let d = |k: &str| {
+        after
+            .get(k)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(before.get(k).copied().unwrap_or(0)) as f64
+            / 1e3
+            / flows as f64
+    };
+    [d("fake-server"), d("relay"), d("client")]
+}
+
 fn main() {
     let per_agent: usize = std::env::var("PERISCOPE_BENCH_FLOWS")
         .ok()
@@ -103,16 +146,25 @@ fn main() {
             )
         })
         .collect();
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    // The relay on a runtime of its own (like the relay process: one worker per core), the
+    // client on this thread.
+    let relay_rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("relay")
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
-        // Baseline: one agent read directly.
-        let (n, d) = read_all(agents[0].addr.to_string(), per_agent).await;
-        let direct = n as f64 / d.as_secs_f64();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // Baseline: one agent read directly.
+    let c0 = cpu_ns();
+    let (n, d) = rt.block_on(read_all(agents[0].addr.to_string(), per_agent));
+    let direct = n as f64 / d.as_secs_f64();
+    let [direct_agent, _, direct_client] = per_flow(&c0, &cpu_ns(), n);
 
-        // The relay over the four agents.
+    // The relay over the four agents.
+    let (pool, addr, _stop) = relay_rt.block_on(async {
         let pool = Pool::new(PoolOptions {
             cluster_name: "default".into(),
             dial_timeout: Duration::from_secs(2),
@@ -129,7 +181,7 @@ fn main() {
                 Origin::Static,
             );
         }
-        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
         let svc = RelayService::new(
             Arc::clone(&pool),
             MergeOptions {
@@ -146,25 +198,34 @@ fn main() {
                 .add_service(svc.into_server().max_encoding_message_size(16 << 20))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
         );
-        // Wait until the pool has connected every agent.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while pool
-            .peers()
-            .iter()
-            .filter(|p| p.snapshot().state == periscope_proto::relay::NodeState::NodeConnected)
-            .count()
-            < AGENTS
-        {
-            assert!(Instant::now() < deadline, "agents not connected");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let mut rates = Vec::new();
-        for _ in 0..3 {
-            let (n, d) = read_all(addr.to_string(), per_agent * AGENTS).await;
-            rates.push(n as f64 / d.as_secs_f64());
-        }
-        rates.sort_by(f64::total_cmp);
-        let merged = rates[1];
-        println!("relay-merge flows={} direct_one_agent={direct:.0} merged_four_agents={merged:.0} ratio={:.2}", per_agent * AGENTS, merged / direct);
+        (pool, addr, stop_tx)
     });
+    // Wait until the pool has connected every agent.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pool
+        .peers()
+        .iter()
+        .filter(|p| p.snapshot().state == periscope_proto::relay::NodeState::NodeConnected)
+        .count()
+        < AGENTS
+    {
+        assert!(Instant::now() < deadline, "agents not connected");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut rates = Vec::new();
+    let c0 = cpu_ns();
+    for _ in 0..3 {
+        let (n, d) = rt.block_on(read_all(addr.to_string(), per_agent * AGENTS));
+        rates.push(n as f64 / d.as_secs_f64());
+    }
+    let [agent, relay, client] = per_flow(&c0, &cpu_ns(), 3 * per_agent * AGENTS);
+    rates.sort_by(f64::total_cmp);
+    let merged = rates[1];
+    println!(
+        "relay-merge flows={} direct_one_agent={direct:.0} merged_four_agents={merged:.0} ratio={:.2} \
+         cpu_us_per_flow_agents={agent:.2} cpu_us_per_flow_relay={relay:.2} cpu_us_per_flow_client={client:.2} \
+         direct_cpu_us_per_flow_agent={direct_agent:.2} direct_cpu_us_per_flow_client={direct_client:.2}",
+        per_agent * AGENTS,
+        merged / direct
+    );
 }

@@ -2,11 +2,14 @@
 //! and merging the answers into one stream.
 //!
 //! One forwarder task per peer opens the request on the peer's channel, renames nodes, and
-//! sends what it gets to the request's central task over one bounded channel. The central task:
+//! sends what it gets to the request's central task over one bounded channel (in batches of
+//! what it has received already). GetFlows responses stay encoded all the way
+//! ([`crate::codec`]). The central task:
 //!
-//! - without `follow`: keeps the newest `number` events (the oldest with `first`; all with 0)
-//!   of all peers in a heap bounded by `number` ([`Newest`] / [`Oldest`]) and sends them in time
-//!   order once every peer has finished: `number` is the last N overall, not N per peer;
+//! - without `follow`: keeps the newest `number` events (the oldest with `first`) of all peers
+//!   in a heap bounded by `number` ([`Newest`] / [`Oldest`]), or every event with `number` 0
+//!   ([`All`]), and sends them in time order once every peer has finished: `number` is the last
+//!   N overall, not N per peer;
 //! - with `follow`: merges with the [`Merger`] (sort buffer per peer, drain timeout). With a
 //!   `number`, the peers' histories are first gathered like above (until every peer has sent
 //!   its history: an event newer than the request, or silence for the drain timeout; at most
@@ -36,7 +39,9 @@ use tokio::sync::{mpsc, watch};
 use tonic::Status;
 use tonic::transport::Channel;
 
-use crate::merge::{Merger, Newest, Oldest};
+use futures_util::FutureExt;
+
+use crate::merge::{All, Merger, Newest, Oldest};
 use crate::peers::{Peer, PeerSnapshot, Pool, backoff, state_of, status_text};
 
 /// A boxed, sendable future.
@@ -117,6 +122,9 @@ pub fn now_ts() -> Timestamp {
     }
 }
 
+/// Most messages a forwarder sends to the central task at once (what it has received already).
+const BATCH: usize = 32;
+
 /// What forwarders tell the central task.
 enum Msg<T> {
     /// The source delivers (again).
@@ -147,7 +155,7 @@ fn attach<R: Rpc>(
     attached: &mut HashSet<u64>,
     req: &R::Req,
     follow: bool,
-    tx: &mpsc::Sender<Msg<R::Resp>>,
+    tx: &mpsc::Sender<Vec<Msg<R::Resp>>>,
     relay: &Arc<str>,
 ) -> Vec<u64> {
     let mut new = Vec::new();
@@ -181,7 +189,8 @@ async fn run<R: Rpc>(
 ) {
     let w = R::window(&req);
     let relay: Arc<str> = opts.relay_name.as_str().into();
-    let (tx, mut rx) = mpsc::channel::<Msg<R::Resp>>(1024);
+    // Batches of up to BATCH messages: at most 1024 in flight, as a channel of single messages.
+    let (tx, mut rx) = mpsc::channel::<Vec<Msg<R::Resp>>>(1024 / BATCH);
     let mut attached = HashSet::new();
     let mut members = pool.members();
     members.borrow_and_update();
@@ -189,35 +198,40 @@ async fn run<R: Rpc>(
 
     if !w.follow {
         drop(tx);
-        let mut newest = (!w.first).then(|| Newest::new(w.number));
-        let mut oldest = w.first.then(|| Oldest::new(w.number));
+        let mut keep = if w.number == 0 {
+            Keep::All(All::default())
+        } else if w.first {
+            Keep::Oldest(Oldest::new(w.number))
+        } else {
+            Keep::Newest(Newest::new(w.number))
+        };
         loop {
-            let m = tokio::select! {
+            let batch = tokio::select! {
                 m = rx.recv() => m,
                 _ = out.closed() => return,
                 _ = shut(&mut shutdown) => return,
             };
-            match m {
-                Some(Msg::Item(_, t, node, r)) => {
-                    if let Some(n) = &mut newest {
-                        n.push(t, node, r);
-                    } else if let Some(o) = &mut oldest {
-                        o.push(t, node, r);
+            let Some(batch) = batch else { break };
+            for m in batch {
+                match m {
+                    Msg::Item(src, t, node, r) => match &mut keep {
+                        Keep::All(a) => a.push(src, t, node, r),
+                        Keep::Newest(n) => n.push(t, node, r),
+                        Keep::Oldest(o) => o.push(t, node, r),
+                    },
+                    Msg::Pass(r) => {
+                        if out.send(Ok(r)).await.is_err() {
+                            return;
+                        }
                     }
+                    Msg::Open(_) | Msg::Close(_) => {}
                 }
-                Some(Msg::Pass(r)) => {
-                    if out.send(Ok(r)).await.is_err() {
-                        return;
-                    }
-                }
-                Some(Msg::Open(_) | Msg::Close(_)) => {}
-                None => break,
             }
         }
-        let sorted = match (newest, oldest) {
-            (Some(n), _) => n.into_sorted(),
-            (_, Some(o)) => o.into_sorted(),
-            _ => Vec::new(),
+        let sorted: Box<dyn Iterator<Item = R::Resp> + Send> = match keep {
+            Keep::All(a) => Box::new(a.into_sorted()),
+            Keep::Newest(n) => Box::new(n.into_sorted().into_iter()),
+            Keep::Oldest(o) => Box::new(o.into_sorted().into_iter()),
         };
         for r in sorted {
             if out.send(Ok(r)).await.is_err() {
@@ -258,27 +272,29 @@ async fn run<R: Rpc>(
             (None, None) => now + Duration::from_secs(3600),
         };
         tokio::select! {
-            m = rx.recv() => {
+            batch = rx.recv() => {
+                let Some(batch) = batch else { return };
                 let now = Instant::now();
-                match m {
-                    Some(Msg::Open(src)) => match &mut phase {
-                        Some(p) => p.open(src, now),
-                        None => merger.open(src, now),
-                    },
-                    Some(Msg::Close(src)) => match &mut phase {
-                        Some(p) => p.close(src),
-                        None => merger.close(src),
-                    },
-                    Some(Msg::Item(src, t, node, r)) => match &mut phase {
-                        Some(p) => p.push(src, t, node, r, now, t0),
-                        None => merger.push(src, t, node, r, now),
-                    },
-                    Some(Msg::Pass(r)) => {
-                        if out.send(Ok(r)).await.is_err() {
-                            return;
+                for m in batch {
+                    match m {
+                        Msg::Open(src) => match &mut phase {
+                            Some(p) => p.open(src, now),
+                            None => merger.open(src, now),
+                        },
+                        Msg::Close(src) => match &mut phase {
+                            Some(p) => p.close(src),
+                            None => merger.close(src),
+                        },
+                        Msg::Item(src, t, node, r) => match &mut phase {
+                            Some(p) => p.push(src, t, node, r, now, t0),
+                            None => merger.push(src, t, node, r, now),
+                        },
+                        Msg::Pass(r) => {
+                            if out.send(Ok(r)).await.is_err() {
+                                return;
+                            }
                         }
                     }
-                    None => return,
                 }
             }
             _ = tokio::time::sleep_until(wake.into()) => {}
@@ -415,11 +431,21 @@ async fn lost(state: &mut watch::Receiver<PeerSnapshot>, generation: u64) -> (No
 }
 
 /// Sends `m` if there is one; false when the request is gone.
-async fn send_opt<T>(tx: &mpsc::Sender<Msg<T>>, m: Option<Msg<T>>) -> bool {
+async fn send_opt<T>(tx: &mpsc::Sender<Vec<Msg<T>>>, m: Option<Msg<T>>) -> bool {
     match m {
-        Some(m) => tx.send(m).await.is_ok(),
+        Some(m) => tx.send(vec![m]).await.is_ok(),
         None => true,
     }
+}
+
+/// What a request without `follow` keeps.
+enum Keep<T> {
+    /// Everything (`number` 0).
+    All(All<T>),
+    /// The newest `number`.
+    Newest(Newest<T>),
+    /// The oldest `number` (`first`).
+    Oldest(Oldest<T>),
 }
 
 /// The node names of one peer's events, each allocated once.
@@ -456,7 +482,7 @@ async fn forward<R: Rpc>(
     peer: Arc<Peer>,
     req: R::Req,
     follow: bool,
-    tx: mpsc::Sender<Msg<R::Resp>>,
+    tx: mpsc::Sender<Vec<Msg<R::Resp>>>,
     relay: Arc<str>,
 ) {
     let src = peer.id;
@@ -475,16 +501,16 @@ async fn forward<R: Rpc>(
         let snap = state.borrow_and_update().clone();
         if snap.state == NodeState::NodeGone {
             if let Some(m) = status(NodeState::NodeGone, "the peer was removed".into()) {
-                let _ = tx.send(m).await;
+                let _ = tx.send(vec![m]).await;
             }
-            let _ = tx.send(Msg::Close(src)).await;
+            let _ = tx.send(vec![Msg::Close(src)]).await;
             return;
         }
         let channel = match (snap.state, snap.channel) {
             (NodeState::NodeConnected, Some(c)) => c,
             (st, _) => {
                 // Not connected (yet): not waited for by the merge.
-                if tx.send(Msg::Close(src)).await.is_err() {
+                if tx.send(vec![Msg::Close(src)]).await.is_err() {
                     return;
                 }
                 let never_tried = st == NodeState::UnknownNodeState;
@@ -535,42 +561,65 @@ async fn forward<R: Rpc>(
                     return;
                 }
                 down_reported = false;
-                if tx.send(Msg::Open(src)).await.is_err() {
+                if tx.send(vec![Msg::Open(src)]).await.is_err() {
                     return;
                 }
+                let mut batch = Vec::with_capacity(BATCH);
                 loop {
-                    tokio::select! {
-                        m = stream.message() => match m {
+                    let mut m = tokio::select! {
+                        m = stream.message() => m,
+                        f = lost(&mut state, snap.generation) => break Some(f),
+                        _ = tx.closed() => return,
+                    };
+                    // The responses received already join the first one's batch.
+                    let mut forwarded = 0;
+                    let end = loop {
+                        match m {
                             Ok(Some(mut r)) => {
-                                if !R::adapt(&req, &mut r, &peer) {
-                                    continue;
+                                if R::adapt(&req, &mut r, &peer) {
+                                    forwarded += 1;
+                                    batch.push(match R::sort_key(&r) {
+                                        Some((t, node)) => {
+                                            last = Some(last.map_or(t, |l| l.max(t)));
+                                            let node = known.get(node, &peer);
+                                            Msg::Item(src, t, node, r)
+                                        }
+                                        None => Msg::Pass(r),
+                                    });
                                 }
-                                peer.forwarded.fetch_add(1, Ordering::Relaxed);
-                                let msg = match R::sort_key(&r) {
-                                    Some((t, node)) => {
-                                        last = Some(last.map_or(t, |l| l.max(t)));
-                                        let node = known.get(node, &peer);
-                                        Msg::Item(src, t, node, r)
+                                match stream.message().now_or_never() {
+                                    Some(next) if batch.len() < BATCH => m = next,
+                                    Some(next) => {
+                                        // Full: this one starts the next batch.
+                                        m = next;
+                                        if tx.send(std::mem::take(&mut batch)).await.is_err() {
+                                            return;
+                                        }
                                     }
-                                    None => Msg::Pass(r),
-                                };
-                                if tx.send(msg).await.is_err() {
-                                    return;
+                                    None => break None,
                                 }
                             }
                             Ok(None) if follow => {
-                                break Some((NodeState::NodeUnavailable, "the peer ended the stream".to_string()));
+                                break Some(Some((
+                                    NodeState::NodeUnavailable,
+                                    "the peer ended the stream".to_string(),
+                                )));
                             }
-                            Ok(None) => break None,
-                            Err(s) => break Some((state_of(&s), status_text(&s))),
-                        },
-                        f = lost(&mut state, snap.generation) => break Some(f),
-                        _ = tx.closed() => return,
+                            Ok(None) => break Some(None),
+                            Err(s) => break Some(Some((state_of(&s), status_text(&s)))),
+                        }
+                    };
+                    peer.forwarded.fetch_add(forwarded, Ordering::Relaxed);
+                    if !batch.is_empty() && tx.send(std::mem::take(&mut batch)).await.is_err() {
+                        return;
+                    }
+                    if let Some(failure) = end {
+                        break failure;
                     }
                 }
             }
         };
-        if tx.send(Msg::Close(src)).await.is_err() {
+        if tx.send(vec![Msg::Close(src)]).await.is_err() {
             return;
         }
         let Some((st, message)) = failure else {

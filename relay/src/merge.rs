@@ -18,8 +18,9 @@
 //! neither bound forces a release, the output is in time order; no item is held longer than the
 //! drain timeout; at most `sort_buffer` items per source (plus the one being pushed) are held.
 //!
-//! `number`-limited requests use [`Newest`] / [`Oldest`] instead: a heap bounded by `number`
-//! that keeps the newest (or oldest) `number` items of everything it is given.
+//! Requests without `follow` use [`Newest`] / [`Oldest`] instead: a heap bounded by `number`
+//! that keeps the newest (or oldest) `number` items of everything it is given; or, with
+//! `number` 0, [`All`], which keeps every item and gives them back as one sort would.
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -294,6 +295,84 @@ pub struct Oldest<T> {
     n: usize,
     heap: BinaryHeap<(Key, Wrap<T>)>,
     seq: u64,
+}
+
+/// Keeps every item pushed (`number` 0 without `follow`: no bound but the request's range) and
+/// gives them back in key order, as one sort of everything would. Items are kept per source and
+/// each source's are sorted on their own — cheap, a peer's stream is in time order or nearly —
+/// then the sources are merged, without moving the items more than that.
+pub struct All<T> {
+    sources: HashMap<SourceId, Vec<(Key, T)>>,
+    seq: u64,
+}
+
+impl<T> Default for All<T> {
+    fn default() -> Self {
+        All {
+            sources: HashMap::new(),
+            seq: 0,
+        }
+    }
+}
+
+impl<T> All<T> {
+    /// Keeps an item of `source`.
+    pub fn push(&mut self, source: SourceId, time: i128, node: impl Into<Arc<str>>, item: T) {
+        self.seq += 1;
+        let key = Key {
+            time,
+            node: node.into(),
+            seq: self.seq,
+        };
+        self.sources.entry(source).or_default().push((key, item));
+    }
+
+    /// Items kept.
+    pub fn len(&self) -> usize {
+        self.sources.values().map(Vec::len).sum()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.sources.values().all(Vec::is_empty)
+    }
+
+    /// The kept items, oldest first.
+    pub fn into_sorted(self) -> Sorted<T> {
+        let mut runs: Vec<_> = self
+            .sources
+            .into_values()
+            .map(|mut v| {
+                v.sort_by(|a, b| a.0.cmp(&b.0));
+                v.into_iter()
+            })
+            .collect();
+        let mut heads = BinaryHeap::with_capacity(runs.len());
+        for (i, run) in runs.iter_mut().enumerate() {
+            if let Some((key, item)) = run.next() {
+                heads.push(Reverse((key, i, Wrap(item))));
+            }
+        }
+        Sorted { runs, heads }
+    }
+}
+
+/// The items of [`All`] in key order: a k-way merge of its sorted sources.
+pub struct Sorted<T> {
+    runs: Vec<std::vec::IntoIter<(Key, T)>>,
+    heads: BinaryHeap<Reverse<(Key, usize, Wrap<T>)>>,
+}
+
+impl<T> Iterator for Sorted<T> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        let Reverse((_, i, Wrap(item))) = self.heads.pop()?;
+        if let Some((key, next)) = self.runs[i].next() {
+            self.heads.push(Reverse((key, i, Wrap(next))));
+        }
+        Some(item)
+    }
 }
 
 /// An item that takes no part in the ordering (keys are unique by `seq`).
@@ -636,6 +715,21 @@ mod tests {
             let k = if n == 0 { all.len() } else { all.len().min(n as usize) };
             prop_assert_eq!(newest.into_sorted(), all[all.len() - k..].to_vec());
             prop_assert_eq!(oldest.into_sorted(), all[..k].to_vec());
+        }
+
+        #[test]
+        fn all_is_one_sort_of_everything(
+            items in prop::collection::vec((0i128..100, 0u8..3, 0u64..4), 0..300),
+        ) {
+            // Sources deliver out of order too; ties by node then arrival.
+            let mut kept = All::default();
+            let mut want = Newest::new(0);
+            for (seq, (t, node, source)) in items.iter().enumerate() {
+                kept.push(*source, *t, format!("n{node}"), seq);
+                want.push(*t, format!("n{node}"), seq);
+            }
+            prop_assert_eq!(kept.len(), items.len());
+            prop_assert_eq!(kept.into_sorted().collect::<Vec<_>>(), want.into_sorted());
         }
     }
 }

@@ -97,6 +97,12 @@ fn rename_in_place(peer: &Peer, name: &mut String) {
     }
 }
 
+/// Whether `peer` renames any node ([`Peer::rename`] depends only on the peer, and leaves
+/// empty and already prefixed names alone: a peer that keeps a plain name keeps them all).
+fn renames(peer: &Peer) -> bool {
+    matches!(peer.rename("node"), std::borrow::Cow::Owned(_))
+}
+
 /// GetFlows.
 pub struct Flows;
 
@@ -131,12 +137,14 @@ impl Rpc for Flows {
     fn adapt(req: &FlowsReq, r: &mut EncodedResponse, peer: &Peer) -> bool {
         match r.kind() {
             Kind::Flow => {
-                match r.renamed(|n| peer.rename(n)) {
-                    Ok(Some(renamed)) => *r = renamed,
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::debug!(peer = peer.id, error = %e.message(), "flow dropped");
-                        return false;
+                if renames(peer) {
+                    match r.renamed(|n| peer.rename(n)) {
+                        Ok(Some(renamed)) => *r = renamed,
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::debug!(peer = peer.id, error = %e.message(), "flow dropped");
+                            return false;
+                        }
                     }
                 }
                 let Some(local) = &req.local else {

@@ -21,12 +21,13 @@ use tonic::{Request, Response, Status};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// A fake agent: a fixed history, live flows sent through `live`.
+/// A fake agent: a fixed history, live flows sent through `live`. Like a real agent's ring, the
+/// history holds shared flows; a request copies each flow it sends once, as it sends it.
 #[derive(Clone)]
 pub struct FakeAgent {
     node: String,
-    history: Arc<Mutex<Vec<Flow>>>,
-    live: broadcast::Sender<Flow>,
+    history: Arc<Mutex<Vec<Arc<Flow>>>>,
+    live: broadcast::Sender<Arc<Flow>>,
 }
 
 impl FakeAgent {
@@ -34,7 +35,7 @@ impl FakeAgent {
     pub fn new(node: &str, history: Vec<Flow>) -> Self {
         FakeAgent {
             node: node.into(),
-            history: Arc::new(Mutex::new(history)),
+            history: Arc::new(Mutex::new(history.into_iter().map(Arc::new).collect())),
             live: broadcast::channel(1024).0,
         }
     }
@@ -46,6 +47,7 @@ impl FakeAgent {
 
     /// Records `f` and sends it to followers.
     pub fn send(&self, f: Flow) {
+        let f = Arc::new(f);
         self.history.lock().unwrap().push(f.clone());
         let _ = self.live.send(f);
     }
@@ -75,7 +77,7 @@ impl Observer for FakeAgent {
         let since = r
             .since
             .map(|t| t.seconds as i128 * 1_000_000_000 + t.nanos as i128);
-        let h: Vec<Flow> = self
+        let h: Vec<Arc<Flow>> = self
             .history
             .lock()
             .unwrap()
@@ -86,24 +88,27 @@ impl Observer for FakeAgent {
             })
             .cloned()
             .collect();
-        let skip = if r.number > 0 && (h.len() as u64) > r.number {
-            h.len() - r.number as usize
-        } else {
-            0
-        };
-        let history = if r.follow && r.number == 0 && since.is_none() {
-            Vec::new()
+        let n = usize::try_from(r.number).unwrap_or(usize::MAX);
+        let range = if r.follow && r.number == 0 && since.is_none() {
+            0..0
         } else if r.first && r.number > 0 {
-            h.into_iter().take(r.number as usize).collect()
+            0..n.min(h.len())
+        } else if r.number > 0 {
+            h.len().saturating_sub(n)..h.len()
         } else {
-            h[skip..].to_vec()
+            0..h.len()
         };
-        let hist = tokio_stream::iter(history.into_iter().map(|f| Ok(response(f))));
+        let hist = tokio_stream::iter(
+            h.into_iter()
+                .skip(range.start)
+                .take(range.len())
+                .map(|f| Ok(response(Flow::clone(&f)))),
+        );
         if !r.follow {
             return Ok(Response::new(Box::pin(hist)));
         }
         let live = tokio_stream::wrappers::BroadcastStream::new(rx)
-            .filter_map(|f| f.ok().map(|f| Ok(response(f))));
+            .filter_map(|f| f.ok().map(|f| Ok(response(Flow::clone(&f)))));
         Ok(Response::new(Box::pin(hist.chain(live))))
     }
 
@@ -191,6 +196,7 @@ where
 {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
+        .thread_name("fake-server")
         .enable_all()
         .build()
         .unwrap();
