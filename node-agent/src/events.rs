@@ -691,6 +691,7 @@ specs:
                         "http".to_string(),
                         backends.iter().map(|(a, p)| (ip(a), *p)).collect(),
                     )]),
+                    affinity_timeout_s: None,
                 },
             );
             st

@@ -481,6 +481,18 @@ pub fn service_info(svc: &Service) -> Option<((String, String), ServiceInfo)> {
                 int_traffic_policy: spec.internal_traffic_policy.clone().unwrap_or_default(),
                 frontends,
                 backends: BTreeMap::new(),
+                // Kubernetes' default ClientIP timeout is 10800 s.
+                affinity_timeout_s: (spec.session_affinity.as_deref() == Some("ClientIP")).then(
+                    || {
+                        spec.session_affinity_config
+                            .as_ref()
+                            .and_then(|c| c.client_ip.as_ref())
+                            .and_then(|c| c.timeout_seconds)
+                            .and_then(|t| u32::try_from(t).ok())
+                            .filter(|t| *t > 0)
+                            .unwrap_or(10800)
+                    },
+                ),
             },
         )
     })

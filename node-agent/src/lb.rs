@@ -80,7 +80,10 @@ pub fn parse_table_size(s: &str) -> Result<u32, String> {
 }
 
 fn is_prime(n: u32) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 /// One service port as the datapath balances it: its frontends and its backends.
@@ -176,7 +179,7 @@ pub fn from_service_info(details: &BTreeMap<(String, String), ServiceInfo>) -> V
                 name: name.clone(),
                 frontends,
                 backends,
-                affinity_timeout_s: None,
+                affinity_timeout_s: info.affinity_timeout_s,
             });
         }
     }
@@ -747,6 +750,76 @@ mod tests {
         let c = counts(&t, 2);
         assert!((c[1] as f64 / c[0] as f64 - 3.0).abs() < 0.01, "{c:?}");
         assert!(maglev_table(&[("a:1".into(), 0)], 251).is_empty());
+    }
+
+    #[test]
+    fn topology_and_kubernetes_services_become_service_ports() {
+        let t = Topology::parse(
+            r#"
+nodes: [{name: n1, ips: [192.168.1.1, "fd00::1"]}]
+services:
+  - name: api
+    namespace: shop
+    clusterIPs: [10.96.0.1, "fd00:96::1"]
+    externalIPs: [203.0.113.1]
+    sessionAffinityTimeoutSeconds: 60
+    ports:
+      - {name: http, port: 80, targetPort: 8080, nodePort: 30080}
+      - {name: dns, port: 53, protocol: UDP}
+    backends: [{ip: 10.0.0.1}, {ip: 10.0.0.2, port: 9090, weight: 3, state: terminating}]
+"#,
+            Path::new("t.yaml"),
+        )
+        .unwrap();
+        let s = from_topology(&t);
+        assert_eq!(s.len(), 2);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            s[0].frontends,
+            vec![
+                (ip("10.96.0.1"), 80, 6),
+                (ip("fd00:96::1"), 80, 6),
+                (ip("203.0.113.1"), 80, 6),
+                (ip("192.168.1.1"), 30080, 6),
+                (ip("fd00::1"), 30080, 6),
+            ]
+        );
+        assert_eq!(s[0].backends[0].addr, "10.0.0.1:8080".parse().unwrap());
+        assert_eq!(s[0].backends[1].addr, "10.0.0.2:9090".parse().unwrap());
+        assert!(s[0].backends[1].terminating && s[0].backends[1].weight == 3);
+        assert_eq!(s[1].frontends[0], (ip("10.96.0.1"), 53, 17));
+        assert_eq!(s[1].backends[0].addr, "10.0.0.1:53".parse().unwrap());
+        assert_eq!(s[0].affinity_timeout_s, Some(60));
+
+        let info = ServiceInfo {
+            frontends: vec![
+                crate::sources::Frontend {
+                    ip: ip("10.96.0.2"),
+                    port: 443,
+                    protocol: "TCP".into(),
+                    port_name: "https".into(),
+                    kind: "ClusterIP".into(),
+                },
+                crate::sources::Frontend {
+                    ip: ip("10.96.0.2"),
+                    port: 9,
+                    protocol: "SCTP".into(),
+                    port_name: "x".into(),
+                    kind: "ClusterIP".into(),
+                },
+            ],
+            backends: BTreeMap::from([(
+                "https".to_string(),
+                BTreeSet::from([(ip("10.0.0.9"), 8443)]),
+            )]),
+            affinity_timeout_s: Some(10800),
+            ..Default::default()
+        };
+        let k = from_service_info(&BTreeMap::from([(("shop".into(), "web".into()), info)]));
+        assert_eq!(k.len(), 1, "SCTP is not balanced: {k:?}");
+        assert_eq!(k[0].frontends, vec![(ip("10.96.0.2"), 443, 6)]);
+        assert_eq!(k[0].backends[0].addr, "10.0.0.9:8443".parse().unwrap());
+        assert_eq!(k[0].affinity_timeout_s, Some(10800));
     }
 
     proptest! {

@@ -47,6 +47,8 @@ pub struct ServiceInfo {
     /// Ready backends of the service's EndpointSlices by port name (`""` for an unnamed port):
     /// address and port.
     pub backends: BTreeMap<String, BTreeSet<(IpAddr, u16)>>,
+    /// `sessionAffinity: ClientIP`: its timeout in seconds (None: no affinity).
+    pub affinity_timeout_s: Option<u32>,
 }
 
 /// One frontend of a service.
