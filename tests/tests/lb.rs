@@ -454,6 +454,47 @@ fn service_updates_under_traffic_lose_no_established_connection() {
 }
 
 #[test]
+fn translation_survives_an_agent_restart() {
+    let tb = testbed();
+    let mut agent = Agent::start(&tb, "n1", "", &[]);
+    let servers = Servers::start(&tb);
+    let client = tb.pod("client");
+    let vip = sock(VIP4, 80);
+    let mut conns: Vec<TcpClientConn> = (0..8)
+        .map(|_| TcpClientConn::connect(client, vip, T).expect("connect"))
+        .collect();
+    let bound: Vec<Option<usize>> = conns
+        .iter()
+        .map(|c| servers.backend_of(c.local_addr().unwrap()))
+        .collect();
+    // Killed: the pinned datapath goes on translating both ways.
+    agent.kill9();
+    for c in conns.iter_mut() {
+        c.echo(b"agent gone")
+            .expect("established connection while the agent is down");
+    }
+    connections(client, vip, 20);
+    // Restarted: it takes the tables over; connections keep their backends.
+    agent.restart(None);
+    for c in conns.iter_mut() {
+        c.echo(b"agent back")
+            .expect("established connection after the restart");
+    }
+    let before = servers.accepted();
+    connections(client, vip, 200);
+    assert_spread(
+        &deltas(&servers.accepted(), &before),
+        200,
+        "after a restart",
+    );
+    let after: Vec<Option<usize>> = conns
+        .iter()
+        .map(|c| servers.backend_of(c.local_addr().unwrap()))
+        .collect();
+    assert_eq!(bound, after);
+}
+
+#[test]
 fn policy_applies_to_the_backend_behind_the_service() {
     let tb = testbed();
     // The backends accept only the client, on the backend port; the client may only talk to
