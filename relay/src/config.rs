@@ -62,6 +62,27 @@ pub struct Cli {
     /// without port gets 4244).
     #[arg(long, value_name = "HOST:PORT")]
     pub peer_service: Option<String>,
+    /// Find the agents in Kubernetes: the API server URL (`https://kubernetes.default.svc`,
+    /// `http://127.0.0.1:8001`), or `in-cluster` for the pod's service account. Every running
+    /// pod matching --k8s-agent-selector in --k8s-agent-namespace becomes a peer at
+    /// `podIP:--k8s-agent-port`, and goes when the pod goes. Needs `list` and `watch` on pods.
+    #[arg(long, value_name = "URL|in-cluster", help_heading = "Kubernetes")]
+    pub k8s_api_server: Option<String>,
+    /// Bearer token file for --k8s-api-server (re-read as it rotates).
+    #[arg(long, value_name = "FILE", help_heading = "Kubernetes")]
+    pub k8s_token_file: Option<PathBuf>,
+    /// CA bundle (PEM) of an https --k8s-api-server.
+    #[arg(long, value_name = "FILE", help_heading = "Kubernetes")]
+    pub k8s_ca_file: Option<PathBuf>,
+    /// Namespace of the agents' pods [default: periscope].
+    #[arg(long, value_name = "NAMESPACE", help_heading = "Kubernetes")]
+    pub k8s_agent_namespace: Option<String>,
+    /// Label selector of the agents' pods [default: app.kubernetes.io/name=periscope-agent].
+    #[arg(long, value_name = "SELECTOR", help_heading = "Kubernetes")]
+    pub k8s_agent_selector: Option<String>,
+    /// Port of the agents' Observer API [default: 4244].
+    #[arg(long, value_name = "PORT", help_heading = "Kubernetes")]
+    pub k8s_agent_port: Option<u16>,
     /// Another relay (a remote cluster), `[CLUSTER=]HOST:PORT` (repeatable). Its nodes are
     /// named `CLUSTER/node` (the prefix is added when the remote's names lack one; without
     /// CLUSTER the remote's own names are kept, which a relay with --cluster-name prefixes).
@@ -153,6 +174,18 @@ pub struct FileConfig {
     pub peers: Vec<String>,
     /// An agent whose Peer service lists the nodes.
     pub peer_service: Option<String>,
+    /// Kubernetes API server URL, or `in-cluster`: the agents are pods.
+    pub k8s_api_server: Option<String>,
+    /// Bearer token file for the API server.
+    pub k8s_token_file: Option<PathBuf>,
+    /// CA bundle of an https API server.
+    pub k8s_ca_file: Option<PathBuf>,
+    /// Namespace of the agents' pods.
+    pub k8s_agent_namespace: Option<String>,
+    /// Label selector of the agents' pods.
+    pub k8s_agent_selector: Option<String>,
+    /// Port of the agents' Observer API.
+    pub k8s_agent_port: Option<u16>,
     /// Other relays (remote clusters), `[CLUSTER=]HOST:PORT`.
     #[serde(default)]
     pub relay_peers: Vec<String>,
@@ -226,6 +259,8 @@ pub struct Config {
     pub peers: Vec<PeerSpec>,
     /// Peer service to follow.
     pub peer_service: Option<String>,
+    /// Agents found in Kubernetes.
+    pub k8s_peers: Option<crate::k8s::K8sPeers>,
     /// This relay's cluster.
     pub cluster_name: String,
     /// Flows held per peer by the merge.
@@ -455,6 +490,46 @@ impl Config {
             .map(|a| parse_address("--peer-service", &a))
             .transpose()?;
 
+        let k8s_peers = match pick(&cli.k8s_api_server, file.k8s_api_server) {
+            None => None,
+            Some(api_server) => {
+                if api_server != crate::k8s::IN_CLUSTER
+                    && !(api_server.starts_with("http://") || api_server.starts_with("https://"))
+                {
+                    return Err(invalid(
+                        "--k8s-api-server",
+                        &api_server,
+                        "expected an http:// or https:// URL, or in-cluster",
+                    ));
+                }
+                let selector = pick(&cli.k8s_agent_selector, file.k8s_agent_selector)
+                    .unwrap_or_else(|| crate::k8s::DEFAULT_SELECTOR.into());
+                if selector.trim().is_empty() {
+                    return Err(invalid(
+                        "--k8s-agent-selector",
+                        &selector,
+                        "an empty selector would take every pod of the namespace",
+                    ));
+                }
+                let port = cli
+                    .k8s_agent_port
+                    .or(file.k8s_agent_port)
+                    .unwrap_or(DEFAULT_AGENT_PORT);
+                if port == 0 {
+                    return Err(invalid("--k8s-agent-port", "0", "expected a port 1-65535"));
+                }
+                Some(crate::k8s::K8sPeers {
+                    api_server,
+                    token_file: pick_path(&cli.k8s_token_file, file.k8s_token_file),
+                    ca_file: pick_path(&cli.k8s_ca_file, file.k8s_ca_file),
+                    namespace: pick(&cli.k8s_agent_namespace, file.k8s_agent_namespace)
+                        .unwrap_or_else(|| crate::k8s::DEFAULT_NAMESPACE.into()),
+                    selector,
+                    port,
+                })
+            }
+        };
+
         let cluster_name =
             pick(&cli.cluster_name, file.cluster_name).unwrap_or_else(|| DEFAULT_CLUSTER.into());
         if cluster_name.is_empty() || cluster_name.contains(|c: char| c == '/' || c.is_whitespace())
@@ -575,6 +650,7 @@ impl Config {
             listen,
             peers,
             peer_service,
+            k8s_peers,
             cluster_name,
             sort_buffer,
             sort_drain_timeout,

@@ -18,6 +18,7 @@ pub mod config;
 pub mod fanout;
 pub mod history;
 pub mod ingest;
+pub mod k8s;
 pub mod merge;
 pub mod peers;
 pub mod server;

@@ -140,12 +140,22 @@ async fn run(config: Config) -> Result<()> {
     if let Some(address) = &config.peer_service {
         tokio::spawn(follow_peer_service(pool.clone(), address.clone()));
     }
-    if config.peers.is_empty() && config.peer_service.is_none() {
+    if let Some(k8s) = &config.k8s_peers {
+        let client = periscope_relay::k8s::client(k8s).map_err(anyhow::Error::msg)?;
+        tracing::info!(namespace = %k8s.namespace, selector = %k8s.selector, "finding agents in Kubernetes");
+        tokio::spawn(periscope_relay::k8s::follow_pods(
+            pool.clone(),
+            client,
+            k8s.clone(),
+        ));
+    }
+    let dynamic = config.peer_service.is_some() || config.k8s_peers.is_some();
+    if config.peers.is_empty() && !dynamic {
         tracing::warn!(
-            "no peers configured (--peers, --peer-service, --relay-peer): every answer will be empty"
+            "no peers configured (--peers, --peer-service, --k8s-api-server, --relay-peer): every answer will be empty"
         );
     }
-    if config.peer_tls.is_none() && (!config.peers.is_empty() || config.peer_service.is_some()) {
+    if config.peer_tls.is_none() && (!config.peers.is_empty() || dynamic) {
         tracing::warn!("dialing peers in plain text (no --peer-tls-ca)");
     }
     let merge = MergeOptions {

@@ -63,6 +63,8 @@ pub enum Origin {
     Static,
     /// The Peer service, under this announced name.
     PeerService(String),
+    /// Kubernetes: the agent pod of this name.
+    Kubernetes(String),
 }
 
 /// A peer's state as requests see it.

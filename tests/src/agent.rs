@@ -105,11 +105,14 @@ impl Agent {
             bpffs_root.display().to_string(),
             "--state-dir".into(),
             dir.join("state").display().to_string(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
             "--metrics-listen".into(),
             "127.0.0.1:0".into(),
         ];
+        // An ephemeral loopback port unless the caller chose the address.
+        let mut args = args;
+        if !extra.contains(&"--listen") {
+            args.extend(["--listen".into(), "127.0.0.1:0".into()]);
+        }
         let mut a = Agent {
             child: None,
             base_args: args,

@@ -19,6 +19,7 @@ use periscope_proto::observer::{
 };
 use periscope_proto::relay::NodeState;
 use periscope_testbed::agent::{Agent, agent_bin, cli_bin};
+use periscope_testbed::k8s_api::FakeApiServer;
 use periscope_testbed::relay::{Relay, relay_bin};
 use periscope_testbed::traffic::{self, TcpEchoServer};
 use periscope_testbed::{PodHandle, Testbed, TestbedOptions};
@@ -889,4 +890,141 @@ fn mutual_tls_between_relays_rejects_unknown_clients() {
         secure.stderr()
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A port free on both 127.0.0.2 and 127.0.0.3 (two "nodes" whose agents listen on the same
+/// port, as a DaemonSet's do).
+fn port_free_on_two_loopbacks() -> u16 {
+    for _ in 0..50 {
+        let a = std::net::TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+        let port = a.local_addr().expect("addr").port();
+        if std::net::TcpListener::bind(("127.0.0.3", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free on 127.0.0.2 and 127.0.0.3");
+}
+
+fn agent_pod(name: &str, node: &str, ip: &str, phase: &str, rv: u64) -> serde_json::Value {
+    serde_json::json!({
+        "metadata": {"name": name, "namespace": "periscope", "uid": format!("uid-{name}"),
+            "resourceVersion": rv.to_string(),
+            "labels": {"app.kubernetes.io/name": "periscope-agent"}},
+        "spec": {"nodeName": node, "hostNetwork": true,
+            "containers": [{"name": "agent", "image": "periscope-agent"}]},
+        "status": {"phase": phase, "podIP": ip, "hostIP": ip},
+    })
+}
+
+/// The relay finds the agents as the pods of a DaemonSet through the Kubernetes API (a fake API
+/// server: no real one can run on this machine; the agents, the relay and the traffic are
+/// real), follows a pod's deletion, and ignores pods that are not running.
+#[test]
+fn agents_found_in_kubernetes() {
+    let tb = Testbed::from_yaml(TOPO, TestbedOptions::default()).expect("test bed");
+    let port = port_free_on_two_loopbacks();
+    let (l1, l2) = (format!("127.0.0.2:{port}"), format!("127.0.0.3:{port}"));
+    let a1 = Agent::start(&tb, "n1", "", &["--listen", &l1]);
+    let a2 = Agent::start(&tb, "n2", "", &["--listen", &l2]);
+    let _servers = some_traffic(&tb, &a1, &a2);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let pods_path = "/api/v1/namespaces/periscope/pods";
+    let list = serde_json::json!({
+        "kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "10"},
+        "items": [
+            agent_pod("agent-a", "n1", "127.0.0.2", "Running", 7),
+            agent_pod("agent-b", "n2", "127.0.0.3", "Running", 8),
+            agent_pod("agent-c", "n3", "127.0.0.4", "Pending", 9),
+        ],
+    });
+    let api = runtime.block_on(FakeApiServer::start(
+        0,
+        [(pods_path.to_string(), list)].into_iter().collect(),
+    ));
+    let relay = Relay::start(
+        "k8s",
+        &[
+            "--k8s-api-server",
+            &api.url(),
+            "--k8s-agent-port",
+            &port.to_string(),
+            "--retry-timeout",
+            "2s",
+        ],
+    );
+    runtime.block_on(async {
+        let mut c = connect(&relay.address).await;
+        wait_nodes(
+            &mut c,
+            &[
+                ("n1", NodeState::NodeConnected),
+                ("n2", NodeState::NodeConnected),
+            ],
+            &relay,
+        )
+        .await;
+        let fl = flows(
+            &mut c,
+            GetFlowsRequest {
+                number: 200,
+                ..Default::default()
+            },
+        )
+        .await;
+        let seen: BTreeSet<&str> = fl.iter().map(|f| f.node_name.as_str()).collect();
+        assert_eq!(seen, BTreeSet::from(["n1", "n2"]), "flows of both agents");
+
+        // The relay asked for the agents' pods by label, and watches them.
+        let asked = api.requests();
+        assert!(
+            asked.iter().any(|r| r.path == pods_path
+                && r.query.get("labelSelector").map(String::as_str)
+                    == Some("app.kubernetes.io/name=periscope-agent")),
+            "{asked:?}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while api.watches(pods_path) == 0 {
+            assert!(Instant::now() < deadline, "no watch of the pods");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        // agent-b's pod is deleted: n2 leaves the relay; n1 stays.
+        let deleted = serde_json::json!({"type": "DELETED",
+            "object": agent_pod("agent-b", "n2", "127.0.0.3", "Running", 11)});
+        api.push_event(pods_path, &deleted.to_string());
+        wait_nodes(&mut c, &[("n1", NodeState::NodeConnected)], &relay).await;
+
+        // It comes back (a new pod on the node): n2 is merged again.
+        let added = serde_json::json!({"type": "ADDED",
+            "object": agent_pod("agent-b2", "n2", "127.0.0.3", "Running", 12)});
+        api.push_event(pods_path, &added.to_string());
+        wait_nodes(
+            &mut c,
+            &[
+                ("n1", NodeState::NodeConnected),
+                ("n2", NodeState::NodeConnected),
+            ],
+            &relay,
+        )
+        .await;
+    });
+    // A bad API server setting is a start-up error naming the flag.
+    let out = Command::new(relay_bin())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--k8s-api-server",
+            "kubernetes:443",
+        ])
+        .output()
+        .expect("run periscope-relay");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("--k8s-api-server"), "{err}");
+    runtime.block_on(api.stop());
 }
