@@ -463,6 +463,9 @@ fn translation_survives_an_agent_restart() {
     let mut conns: Vec<TcpClientConn> = (0..8)
         .map(|_| TcpClientConn::connect(client, vip, T).expect("connect"))
         .collect();
+    for c in conns.iter_mut() {
+        c.echo(b"hello").expect("echo"); // accepted by now
+    }
     let bound: Vec<Option<usize>> = conns
         .iter()
         .map(|c| servers.backend_of(c.local_addr().unwrap()))
