@@ -22,6 +22,8 @@ use periscope_relay::testing::{FakeAgent, serve_on};
 use prost_types::Timestamp;
 
 const AGENTS: usize = 4;
+/// The relay's sort buffer (flows held per agent).
+const SORT_BUFFER: usize = 100;
 
 fn flows(node: usize, n: usize, start_ns: i64) -> Vec<Flow> {
     (0..n)
@@ -65,7 +67,9 @@ fn flows(node: usize, n: usize, start_ns: i64) -> Vec<Flow> {
         .collect()
 }
 
-async fn read_all(addr: String, expect: usize) -> (usize, Duration) {
+/// Reads the agents' whole history through `addr`: with `follow`, until `expect` flows came
+/// (the stream stays open), else to its end (exactly `expect` flows).
+async fn read_all(addr: String, expect: usize, follow: bool) -> (usize, Duration) {
     let mut c = ObserverClient::connect(format!("http://{addr}"))
         .await
         .expect("connect")
@@ -74,7 +78,8 @@ async fn read_all(addr: String, expect: usize) -> (usize, Duration) {
     let mut s = c
         .get_flows(GetFlowsRequest {
             since: Some(Timestamp::default()),
-            until: Some(Timestamp::from(std::time::SystemTime::now())),
+            until: (!follow).then(|| Timestamp::from(std::time::SystemTime::now())),
+            follow,
             ..Default::default()
         })
         .await
@@ -84,6 +89,9 @@ async fn read_all(addr: String, expect: usize) -> (usize, Duration) {
     while let Some(r) = s.message().await.expect("stream") {
         if let Some(ResponseTypes::Flow(_)) = r.response_types {
             n += 1;
+            if follow && n == expect {
+                break;
+            }
         }
     }
     assert_eq!(n, expect, "flows received");
@@ -159,7 +167,7 @@ fn main() {
         .unwrap();
     // Baseline: one agent read directly.
     let c0 = cpu_ns();
-    let (n, d) = rt.block_on(read_all(agents[0].addr.to_string(), per_agent));
+    let (n, d) = rt.block_on(read_all(agents[0].addr.to_string(), per_agent, false));
     let direct = n as f64 / d.as_secs_f64();
     let [direct_agent, _, direct_client] = per_flow(&c0, &cpu_ns(), n);
 
@@ -185,7 +193,7 @@ fn main() {
         let svc = RelayService::new(
             Arc::clone(&pool),
             MergeOptions {
-                sort_buffer: 100,
+                sort_buffer: SORT_BUFFER,
                 drain_timeout: Duration::from_secs(1),
                 relay_name: "bench".into(),
             },
@@ -212,20 +220,37 @@ fn main() {
         assert!(Instant::now() < deadline, "agents not connected");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Not following: the relay gathers every agent's history, then sends it sorted.
     let mut rates = Vec::new();
     let c0 = cpu_ns();
     for _ in 0..3 {
-        let (n, d) = rt.block_on(read_all(addr.to_string(), per_agent * AGENTS));
+        let (n, d) = rt.block_on(read_all(addr.to_string(), per_agent * AGENTS, false));
         rates.push(n as f64 / d.as_secs_f64());
     }
     let [agent, relay, client] = per_flow(&c0, &cpu_ns(), 3 * per_agent * AGENTS);
     rates.sort_by(f64::total_cmp);
     let merged = rates[1];
+    // Following: the streaming merge (sort buffer, drain timeout). At the end of the histories
+    // each agent's last `SORT_BUFFER` flows wait for the drain timeout, as designed: the client
+    // stops before them.
+    let expect = (per_agent - SORT_BUFFER) * AGENTS;
+    let mut rates = Vec::new();
+    let c0 = cpu_ns();
+    for _ in 0..3 {
+        let (n, d) = rt.block_on(read_all(addr.to_string(), expect, true));
+        rates.push(n as f64 / d.as_secs_f64());
+    }
+    let [f_agent, f_relay, f_client] = per_flow(&c0, &cpu_ns(), 3 * expect);
+    rates.sort_by(f64::total_cmp);
+    let follow = rates[1];
     println!(
         "relay-merge flows={} direct_one_agent={direct:.0} merged_four_agents={merged:.0} ratio={:.2} \
+         merged_follow={follow:.0} ratio_follow={:.2} \
          cpu_us_per_flow_agents={agent:.2} cpu_us_per_flow_relay={relay:.2} cpu_us_per_flow_client={client:.2} \
+         follow_cpu_us_per_flow_agents={f_agent:.2} follow_cpu_us_per_flow_relay={f_relay:.2} follow_cpu_us_per_flow_client={f_client:.2} \
          direct_cpu_us_per_flow_agent={direct_agent:.2} direct_cpu_us_per_flow_client={direct_client:.2}",
         per_agent * AGENTS,
-        merged / direct
+        merged / direct,
+        follow / direct,
     );
 }

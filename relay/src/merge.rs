@@ -22,7 +22,7 @@
 //! that keeps the newest (or oldest) `number` items of everything it is given; or, with
 //! `number` 0, [`All`], which keeps every item and gives them back as one sort would.
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -96,9 +96,10 @@ pub struct Merger<T> {
     sort_buffer: usize,
     drain: Duration,
     seq: u64,
-    /// Held items in arrival order (seq), with those released already in `released`.
-    arrivals: VecDeque<(Instant, u64)>,
-    released: HashSet<u64>,
+    /// Arrival time of the items pushed since the oldest held one, in arrival (seq) order,
+    /// each marked when released; the front is item `first_seq`.
+    arrivals: VecDeque<(Instant, bool)>,
+    first_seq: u64,
 }
 
 impl<T> Merger<T> {
@@ -113,18 +114,15 @@ impl<T> Merger<T> {
             drain,
             seq: 0,
             arrivals: VecDeque::new(),
-            released: HashSet::new(),
+            first_seq: 1,
         }
     }
 
     /// Arrival time of the item held longest.
     fn oldest_arrival(&mut self) -> Option<Instant> {
-        while let Some((_, seq)) = self.arrivals.front() {
-            if self.released.remove(seq) {
-                self.arrivals.pop_front();
-            } else {
-                break;
-            }
+        while self.arrivals.front().is_some_and(|(_, released)| *released) {
+            self.arrivals.pop_front();
+            self.first_seq += 1;
         }
         self.arrivals.front().map(|(at, _)| *at)
     }
@@ -179,7 +177,7 @@ impl<T> Merger<T> {
             self.overfull += 1;
         }
         self.seq += 1;
-        self.arrivals.push_back((now, self.seq));
+        self.arrivals.push_back((now, false));
         self.heap.push(Reverse(Held {
             key: Key {
                 time,
@@ -247,9 +245,9 @@ impl<T> Merger<T> {
         let Reverse(h) = self.heap.pop().expect("a held item");
         if self.heap.is_empty() {
             self.arrivals.clear();
-            self.released.clear();
+            self.first_seq = self.seq + 1;
         } else {
-            self.released.insert(h.key.seq);
+            self.arrivals[(h.key.seq - self.first_seq) as usize].1 = true;
         }
         if let Some(s) = self.sources.get_mut(&h.source) {
             if s.held == self.sort_buffer + 1 {
