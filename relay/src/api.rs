@@ -4,6 +4,7 @@
 //! - `GET /api/v1/alerts`: firing, pending and recently resolved alerts (`alerts::Alert` JSON);
 //!   `?state=firing|pending|resolved` selects one state.
 //! - `GET /api/v1/status`: the storage's and the alerting's counters.
+//! - `GET /metrics`: the same counters, and the peers', for Prometheus ([`crate::metrics`]).
 use std::sync::Arc;
 
 use axum::Json;
@@ -33,6 +34,8 @@ pub struct ApiState {
     pub storage: Box<dyn Fn() -> StorageStatus + Send + Sync>,
     /// Flows the relay's consumers missed because they fell behind the ingest stream.
     pub ingest_lagged: Arc<std::sync::atomic::AtomicU64>,
+    /// The peers.
+    pub pool: Arc<crate::peers::Pool>,
 }
 
 #[derive(Deserialize)]
@@ -71,10 +74,21 @@ async fn status(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
     }))
 }
 
+async fn metrics(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(&s),
+    )
+}
+
 /// The API's routes.
 pub fn router(state: Arc<ApiState>) -> axum::Router {
     axum::Router::new()
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/status", get(status))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }

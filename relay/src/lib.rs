@@ -20,6 +20,7 @@ pub mod history;
 pub mod ingest;
 pub mod k8s;
 pub mod merge;
+pub mod metrics;
 pub mod peers;
 pub mod server;
 pub mod store;

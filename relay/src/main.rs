@@ -228,6 +228,7 @@ async fn run(config: Config) -> Result<()> {
             alerting: alerting.clone(),
             storage: storage_status,
             ingest_lagged: lagged.clone(),
+            pool: pool.clone(),
         }));
         let l = tokio::net::TcpListener::bind(addr)
             .await

@@ -28,9 +28,9 @@
 #![deny(unsafe_code)]
 
 pub mod agent;
-pub mod k8s_api;
 pub mod dns;
 mod ip;
+pub mod k8s_api;
 pub mod netns;
 pub mod relay;
 pub mod servers;
@@ -888,7 +888,11 @@ pub fn http_get(addr: &str, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .expect("read timeout");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("send the request");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send the request");
     let mut out = String::new();
     s.read_to_string(&mut out).expect("read the answer");
     out

@@ -206,6 +206,25 @@ fn denied_traffic_fires_an_alert_that_resolves_and_history_comes_from_the_window
         t0.elapsed()
     );
 
+    // Prometheus metrics on the same HTTP API: the peer, the window, the alert and its
+    // notification.
+    let metrics = periscope_testbed::http_get(&http, "/metrics");
+    let value = |line_start: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line_start))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{line_start} in\n{metrics}"))
+    };
+    assert_eq!(value("periscope_relay_peers{state=\"connected\"} "), 1.0);
+    assert!(value("periscope_relay_window_flows ") >= 3.0, "{metrics}");
+    assert_eq!(value("periscope_relay_alert_rules "), 1.0, "{metrics}");
+    assert_eq!(
+        value("periscope_relay_alerts{rule=\"DbDenied\",state=\"firing\"} "),
+        1.0
+    );
+    assert!(value("periscope_relay_alert_flows_matched_total{rule=\"DbDenied\"} ") >= 1.0);
+
     // `periscope alerts` lists it from the relay's HTTP API.
     let out = Command::new(cli_bin())
         .args(["alerts", "--api", &http])
