@@ -1,7 +1,9 @@
 //! The relay's `observer.Observer` service (Hubble wire-compatible).
 //!
 //! - GetFlows / GetAgentEvents / GetDebugEvents: forwarded to every peer with the request's
-//!   filters and bounds, merged by time ([`crate::fanout`]). GetFlows filters on `node_name`
+//!   filters and bounds, merged by time ([`crate::fanout`]). GetFlows responses are forwarded
+//!   as the peers encoded them ([`crate::codec`]; serve [`RelayServer`], not a plain
+//!   `ObserverServer`, to write them out without decoding). GetFlows filters on `node_name`
 //!   are applied by the relay itself, on the names clients see (`cluster/node`): the peers get
 //!   the request without them (allow filters lose their node_name part, deny filters with one
 //!   are left out), so they send a superset that the relay narrows.

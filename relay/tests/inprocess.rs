@@ -83,7 +83,7 @@ async fn relay(peers: &[PeerSpec], cluster: &str) -> (SocketAddr, Arc<Pool>, wat
     let addr = l.local_addr().unwrap();
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(ObserverServer::new(svc))
+            .add_service(svc.into_server())
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
     );
     (addr, pool, stop_tx)
