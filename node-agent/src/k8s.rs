@@ -73,15 +73,15 @@ pub const VOLATILE_LABELS: &[&str] = &[
 /// Settings of the Kubernetes source.
 #[derive(Clone)]
 pub struct K8sConfig {
-    /// API server URL: `https://10.96.0.1:443` (needs the `k8s-tls` feature) or plain HTTP such as
-    /// `http://127.0.0.1:8001` (`kubectl proxy`).
+    /// API server URL: `https://10.96.0.1:443` or plain HTTP such as `http://127.0.0.1:8001`
+    /// (`kubectl proxy`).
     pub api_server: String,
     /// Bearer token.
     pub token: Option<String>,
     /// A file holding the bearer token, re-read as it rotates (projected service-account
     /// tokens); `token` takes precedence.
     pub token_file: Option<PathBuf>,
-    /// CA bundle (PEM) to verify an `https` API server with (`k8s-tls` feature).
+    /// CA bundle (PEM) to verify an `https` API server with.
     pub ca_file: Option<PathBuf>,
     /// This agent's node. Reserved: every pod of the cluster is watched, since the pods of other
     /// nodes are the agent's remote endpoints.
@@ -122,7 +122,7 @@ impl fmt::Debug for K8sConfig {
 }
 
 /// Builds a client for `cfg` (no kubeconfig involved). Must be called inside a Tokio runtime.
-/// Fails on a malformed URL, or an `https` URL without the `k8s-tls` feature.
+/// Fails on a malformed URL.
 pub fn client(cfg: &K8sConfig) -> Result<Client, String> {
     let url: http::Uri = cfg
         .api_server
@@ -138,16 +138,8 @@ pub fn client(cfg: &K8sConfig) -> Result<Client, String> {
         .as_ref()
         .map(|p| p.to_string_lossy().into_owned());
     config.root_cert_file = cfg.ca_file.clone();
-    Client::try_from(config).map_err(|e| {
-        if matches!(e, kube::Error::TlsRequired) {
-            format!(
-                "API server {}: https needs the agent's `k8s-tls` feature",
-                cfg.api_server
-            )
-        } else {
-            format!("API server {}: {}", cfg.api_server, error_chain(&e))
-        }
-    })
+    Client::try_from(config)
+        .map_err(|e| format!("API server {}: {}", cfg.api_server, error_chain(&e)))
 }
 
 /// The kinds the source watches.
@@ -1489,12 +1481,7 @@ mod tests {
             assert!(client(&K8sConfig::new("not a url")).is_err());
             assert!(client(&K8sConfig::new("/just/a/path")).is_err());
             assert!(client(&K8sConfig::new("http://127.0.0.1:1")).is_ok());
-            #[cfg(not(feature = "k8s-tls"))]
-            assert!(
-                client(&K8sConfig::new("https://127.0.0.1:6443"))
-                    .err()
-                    .is_some_and(|e| e.contains("k8s-tls"))
-            );
+            assert!(client(&K8sConfig::new("https://127.0.0.1:6443")).is_ok());
         });
         let mut cfg = K8sConfig::new("http://x");
         cfg.token = Some("s3cret".into());

@@ -69,8 +69,7 @@ struct Args {
     /// Key prefix of the kvstore layout.
     #[arg(long, default_value = "cilium/state")]
     etcd_prefix: String,
-    /// Kubernetes API server URL (e.g. http://127.0.0.1:8001 or, with the k8s-tls feature,
-    /// https://…): watch Pods, Namespaces, Services, EndpointSlices, NetworkPolicies and
+    /// Kubernetes API server URL (e.g. https://10.96.0.1:443 or http://127.0.0.1:8001): watch Pods, Namespaces, Services, EndpointSlices, NetworkPolicies and
     /// Cilium(Clusterwide)NetworkPolicies. During an outage the last state stays in force.
     #[arg(long)]
     k8s_api_server: Option<String>,
