@@ -375,6 +375,7 @@ impl RelayService {
             while let Some(r) = lrx.recv().await {
                 if !seen.is_empty()
                     && let Ok(r) = &r
+                    && r.kind() == Kind::Flow
                     && r.flow_uuid().is_ok_and(|u| seen.contains(u))
                 {
                     continue;
