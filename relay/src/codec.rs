@@ -6,7 +6,9 @@
 //! work, so on the forwarding path responses stay encoded:
 //!
 //! - [`EncodedResponse::parse`] keeps the bytes as received (a zero-copy slice of the gRPC
-//!   receive buffer) and reads only the top-level fields of the response (`node_name` = 1000,
+//!   receive buffer, which tonic allocates 8 KiB at a time or one message at a time: a held
+//!   response keeps that allocation alive, shared with its neighbours in the stream) and reads
+//!   only the top-level fields of the response (`node_name` = 1000,
 //!   `time` = 1001, the variant), and the flow's own `time` (1) / `node_name` (11) only when the
 //!   response lacks them;
 //! - [`EncodedResponse::renamed`] rewrites node names (`cluster/node`) by splicing the two
