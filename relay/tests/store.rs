@@ -143,7 +143,10 @@ async fn rows_written_equal_flows_sent() {
     assert_eq!(distinct, 20_000);
     assert_eq!(rows, stats.rows_written, "{stats:?}");
     assert_eq!(stats.received, 20_000);
-    assert_eq!(stats.spooled_rows, 0, "a healthy server: no spooling {stats:?}");
+    assert_eq!(
+        stats.spooled_rows, 0,
+        "a healthy server: no spooling {stats:?}"
+    );
     assert!(stats.batches >= 10, "bounded by max_rows: {stats:?}");
     no_losses(&stats);
 }

@@ -598,7 +598,10 @@ impl Topology {
                     }
                 }
                 if p.target_port == Some(0) {
-                    return Err(invalid(pf("targetPort"), "0 is not a port (1-65535)".into()));
+                    return Err(invalid(
+                        pf("targetPort"),
+                        "0 is not a port (1-65535)".into(),
+                    ));
                 }
                 if p.node_port == Some(0) {
                     return Err(invalid(pf("nodePort"), "0 is not a port (1-65535)".into()));
