@@ -387,6 +387,38 @@ fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).trim().to_string()
 }
 
+/// The last 30 lines of a log file (empty when there is none or it cannot be read).
+fn log_tail(path: Option<&Path>) -> String {
+    let text = path
+        .and_then(|p| fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// Loads `rules` with `iptables-restore` inside the network namespace `netns`.
+fn iptables_restore(netns: &str, rules: &str) -> Result<()> {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", netns, "iptables-restore"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting iptables-restore")?;
+    child
+        .stdin
+        .take()
+        .context("stdin of iptables-restore")?
+        .write_all(rules.as_bytes())?;
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "iptables-restore in {netns}: {}",
+        stderr_of(&out)
+    );
+    Ok(())
+}
+
 /// The benchmark's scratch directory (topology, policies, agent state and logs); removed on drop.
 struct WorkDir(PathBuf);
 
@@ -617,35 +649,12 @@ impl Bed {
     }
 
     fn agent_log_tail(&self) -> String {
-        let text = self
-            .agent_log
-            .as_ref()
-            .and_then(|p| fs::read_to_string(p).ok())
-            .unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        log_tail(self.agent_log.as_deref())
     }
 
     fn load_iptables(&mut self, wide: bool) -> Result<()> {
         let netns = self.testbed().node(NODE).netns.clone();
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &netns, "iptables-restore"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting iptables-restore")?;
-        child
-            .stdin
-            .take()
-            .context("stdin of iptables-restore")?
-            .write_all(iptables_rules(wide).as_bytes())?;
-        let out = child.wait_with_output()?;
-        ensure!(
-            out.status.success(),
-            "iptables-restore in {netns}: {}",
-            stderr_of(&out)
-        );
+        iptables_restore(&netns, &iptables_rules(wide))?;
         let out = self
             .testbed()
             .node(NODE)

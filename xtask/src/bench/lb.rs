@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -34,8 +34,8 @@ use periscope_topology::Topology;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::{
-    CLIENT_CPU, Opts, SERVER_CPU, STOP, WorkDir, check_stop, group_digits, median, one_connection,
-    pin_thread, pingpong_serve, signal, stderr_of, terminate,
+    CLIENT_CPU, Opts, SERVER_CPU, STOP, WorkDir, check_stop, group_digits, iptables_restore,
+    median, one_connection, pin_thread, pingpong_serve, signal, stderr_of, terminate,
 };
 
 const NODE: &str = "lb-node";
@@ -316,35 +316,12 @@ impl Bed {
     }
 
     fn log_tail(&self) -> String {
-        let text = self
-            .log
-            .as_ref()
-            .and_then(|p| fs::read_to_string(p).ok())
-            .unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        super::log_tail(self.log.as_deref())
     }
 
     fn load_rules(&mut self, services: usize) -> Result<()> {
         let netns = self.testbed().node(NODE).netns.clone();
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &netns, "iptables-restore"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting iptables-restore")?;
-        child
-            .stdin
-            .take()
-            .context("stdin of iptables-restore")?
-            .write_all(kube_proxy_rules(services).as_bytes())?;
-        let out = child.wait_with_output()?;
-        ensure!(
-            out.status.success(),
-            "iptables-restore in {netns}: {}",
-            stderr_of(&out)
-        );
+        iptables_restore(&netns, &kube_proxy_rules(services))?;
         let out = self
             .testbed()
             .node(NODE)
