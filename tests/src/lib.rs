@@ -28,6 +28,7 @@
 #![deny(unsafe_code)]
 
 pub mod agent;
+pub mod browser;
 pub mod dns;
 mod ip;
 pub mod k8s_api;
