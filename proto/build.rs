@@ -25,6 +25,7 @@ const PROTOS: &[&str] = &[
     "api/relay/relay.proto",
     "api/peer/peer.proto",
     "api/observer/observer.proto",
+    "api/periscope/policy.proto",
 ];
 
 fn main() -> Result<()> {
@@ -62,8 +63,9 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// Proto packages, which are also the Rust modules and the generated file names.
-const PACKAGES: [&str; 4] = ["flow", "relay", "peer", "observer"];
+/// Proto packages, which are also the Rust modules (`periscope.policy` is
+/// `periscope::policy`) and the generated file names.
+const PACKAGES: [&str; 5] = ["flow", "relay", "peer", "observer", "periscope.policy"];
 
 /// Drops the `#[deprecated]` attributes prost puts on fields marked
 /// `[deprecated = true]` (Flow.drop_reason, Flow.reply, Flow.Summary,

@@ -20,6 +20,7 @@ pub mod observer;
 pub mod perf;
 pub mod pipeline;
 pub mod policy;
+pub mod policy_export;
 pub mod ring;
 pub mod sources;
 pub mod status;

@@ -13,12 +13,14 @@ use periscope_agent::monitor::{RawEvent, Readers};
 use periscope_agent::observer::{ObserverService, PeerService};
 use periscope_agent::pipeline::{self, Outputs};
 use periscope_agent::policy::{Mode, PolicySet};
+use periscope_agent::policy_export::PolicyService;
 use periscope_agent::ring::Ring;
 use periscope_agent::sources::SharedView;
 use periscope_agent::status;
 use periscope_datapath_common::{DatapathConfig, aggregation};
 use periscope_proto::observer::observer_server::ObserverServer;
 use periscope_proto::peer::peer_server::PeerServer;
+use periscope_proto::periscope::policy::policies_server::PoliciesServer;
 use periscope_topology::Topology;
 use tokio::sync::{RwLock, mpsc};
 
@@ -105,7 +107,8 @@ struct Args {
     /// (a machine-readable record for tests and tools until the gRPC API serves them).
     #[arg(long)]
     flow_log: Option<PathBuf>,
-    /// Address of the Hubble-compatible gRPC API (Observer, Peer, health). Without this flag
+    /// Address of the Hubble-compatible gRPC API (Observer, Peer, health; also Periscope's
+    /// periscope.policy.Policies: the policies in force, for the web UI). Without this flag
     /// the agent takes 0.0.0.0:4244, or the next free port above it (skipping the relay's 4245)
     /// when another agent on the same host has it.
     #[arg(long)]
@@ -439,7 +442,8 @@ async fn run(
     let router = tonic::transport::Server::builder()
         .add_service(health_svc)
         .add_service(ObserverServer::new(observer))
-        .add_service(PeerServer::new(peer));
+        .add_service(PeerServer::new(peer))
+        .add_service(PoliciesServer::new(PolicyService::new(state.clone())));
     match tls {
         None => {
             tracing::warn!(address = %local, "serving the Observer API in plain text (no --tls-cert/--tls-key)");

@@ -5,9 +5,10 @@
 //!
 //! - Messages and enums are always available, with well-known types from
 //!   [`prost_types`] (`Timestamp`, `BoolValue` as `Option<bool>`, ...).
-//! - Feature `server`: `observer::observer_server` and `peer::peer_server`.
-//! - Feature `client`: `observer::observer_client` and `peer::peer_client`
-//!   (including `connect(addr)`).
+//! - Feature `server`: `observer::observer_server`, `peer::peer_server` and
+//!   `periscope::policy::policies_server`.
+//! - Feature `client`: `observer::observer_client`, `peer::peer_client` and
+//!   `periscope::policy::policies_client` (including `connect(addr)`).
 //! - Feature `json`: serde `Serialize`/`Deserialize` for every message and enum,
 //!   following the protobuf JSON mapping the way the `hubble` CLI prints it
 //!   (proto field names, enums by name, RFC 3339 timestamps); see [`json`].
@@ -44,6 +45,17 @@ pub mod observer {
     include!(concat!(env!("OUT_DIR"), "/observer.rs"));
     #[cfg(feature = "json")]
     include!(concat!(env!("OUT_DIR"), "/observer.serde.rs"));
+}
+
+/// Periscope's own APIs (not Hubble's).
+pub mod periscope {
+    /// Package `periscope.policy`: the `Policies` service (the policies in force, as agents
+    /// report them and relays merge them).
+    pub mod policy {
+        include!(concat!(env!("OUT_DIR"), "/periscope.policy.rs"));
+        #[cfg(feature = "json")]
+        include!(concat!(env!("OUT_DIR"), "/periscope.policy.serde.rs"));
+    }
 }
 
 pub mod util;

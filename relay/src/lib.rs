@@ -22,6 +22,7 @@ pub mod k8s;
 pub mod merge;
 pub mod metrics;
 pub mod peers;
+pub mod policies;
 pub mod server;
 pub mod store;
 #[cfg(feature = "testing")]

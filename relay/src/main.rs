@@ -258,7 +258,11 @@ async fn run(config: Config) -> Result<()> {
         .max_encoding_message_size(16 << 20);
     let router = tonic::transport::Server::builder()
         .add_service(health_svc)
-        .add_service(observer);
+        .add_service(observer)
+        // periscope.policy.Policies: every peer's policies merged (for relays in front of this one).
+        .add_service(periscope_relay::policies::PolicyRelayService::server(
+            pool.clone(),
+        ));
     let signal = shutdown_signal(stop_tx);
     let server = match &config.server_tls {
         None => {
