@@ -16,6 +16,8 @@ use crate::tls::{PeerTlsFiles, ServerTlsFiles, TlsError};
 
 /// Default address of the HTTP API.
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:12000";
+/// Where the web UI's bundle is looked for when --ui-dir is not given.
+pub const DEFAULT_UI_DIR: &str = "/usr/share/periscope/ui";
 /// Where the relay serves by default (Hubble relay's port).
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:4245";
 /// Port of an agent's Hubble API when a peer address has none (peer-service notifications).
@@ -157,10 +159,31 @@ pub struct Cli {
     /// Generic webhook URL to notify (POST of the alert as JSON), repeatable.
     #[arg(long = "alert-webhook", value_name = "URL", help_heading = "Alerts")]
     pub alert_webhooks: Vec<String>,
-    /// Address of the relay's HTTP API (`GET /api/v1/alerts`, `GET /api/v1/status`)
-    /// [default: 127.0.0.1:12000; `off` disables it].
+    /// Address of the relay's HTTP API and web UI (`/`, `/api/v1/…`, `/metrics`)
+    /// [default: 127.0.0.1:12000; `off` disables it]. Beyond loopback it needs a token
+    /// (--ui-token-file or --ui-token).
     #[arg(long, value_name = "ADDR", help_heading = "HTTP API")]
     pub http_listen: Option<String>,
+    /// Directory of the web UI's bundle (`cargo xtask ui` builds it into
+    /// `<target>/ui-dist`) [default: /usr/share/periscope/ui when it exists; else no UI, the
+    /// API still answers].
+    #[arg(long, value_name = "DIR", help_heading = "HTTP API")]
+    pub ui_dir: Option<PathBuf>,
+    /// File holding the bearer token the HTTP API wants (`Authorization: Bearer TOKEN`;
+    /// event streams may pass `access_token=TOKEN`). Required when --http-listen is not a
+    /// loopback address.
+    #[arg(long, value_name = "FILE", help_heading = "HTTP API")]
+    pub ui_token_file: Option<PathBuf>,
+    /// The bearer token itself (prefer --ui-token-file: a command line is visible to every
+    /// local user).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "PERISCOPE_UI_TOKEN",
+        hide_env_values = true,
+        help_heading = "HTTP API"
+    )]
+    pub ui_token: Option<String>,
 }
 
 /// The YAML configuration file: the flags' settings (see `periscope-relay --help`).
@@ -228,6 +251,10 @@ pub struct FileConfig {
     pub alert_webhooks: Vec<String>,
     /// Address of the HTTP API, or `off`.
     pub http_listen: Option<String>,
+    /// Directory of the web UI's bundle.
+    pub ui_dir: Option<PathBuf>,
+    /// File holding the HTTP API's bearer token.
+    pub ui_token_file: Option<PathBuf>,
 }
 
 /// What a peer is.
@@ -287,6 +314,10 @@ pub struct Config {
     pub alert_webhooks: Vec<String>,
     /// The HTTP API's address (None: off).
     pub http_listen: Option<SocketAddr>,
+    /// The web UI's bundle (None: no UI).
+    pub ui_dir: Option<PathBuf>,
+    /// The HTTP API's bearer token (None: open; only allowed on loopback).
+    pub ui_token: Option<String>,
 }
 
 /// A configuration that cannot be used.
@@ -629,7 +660,7 @@ impl Config {
         };
         let http_s =
             pick(&cli.http_listen, file.http_listen).unwrap_or_else(|| DEFAULT_HTTP_LISTEN.into());
-        let http_listen = if http_s == "off" {
+        let http_listen: Option<SocketAddr> = if http_s == "off" {
             None
         } else {
             Some(http_s.parse().map_err(|_| {
@@ -640,7 +671,56 @@ impl Config {
                 )
             })?)
         };
+        let ui_dir = match pick_path(&cli.ui_dir, file.ui_dir) {
+            Some(d) => {
+                if !d.join("index.html").is_file() {
+                    return Err(invalid(
+                        "--ui-dir",
+                        &d.display().to_string(),
+                        "no index.html there (build the UI with `cargo xtask ui`)",
+                    ));
+                }
+                Some(d)
+            }
+            None => Some(PathBuf::from(DEFAULT_UI_DIR)).filter(|d| d.join("index.html").is_file()),
+        };
+        let ui_token = match (
+            &cli.ui_token,
+            pick_path(&cli.ui_token_file, file.ui_token_file),
+        ) {
+            (Some(t), _) if t.trim().is_empty() => {
+                return Err(invalid("--ui-token", "", "is empty"));
+            }
+            (Some(t), _) => Some(t.trim().to_string()),
+            (None, Some(path)) => {
+                let shown = path.display().to_string();
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| invalid("--ui-token-file", &shown, e.to_string()))?;
+                let t = text.trim();
+                if t.is_empty() || t.contains(char::is_whitespace) {
+                    return Err(invalid(
+                        "--ui-token-file",
+                        &shown,
+                        "expected one token (no spaces) in the file",
+                    ));
+                }
+                Some(t.to_string())
+            }
+            (None, None) => None,
+        };
+        if let Some(addr) = http_listen
+            && !addr.ip().is_loopback()
+            && ui_token.is_none()
+        {
+            return Err(invalid(
+                "--http-listen",
+                &addr.to_string(),
+                "listens beyond loopback: set a bearer token with --ui-token-file (or --ui-token)",
+            ));
+        }
         Ok(Config {
+            ui_dir,
+            ui_token,
             store,
             window,
             alert_rules: pick_path(&cli.alert_rules, file.alert_rules),

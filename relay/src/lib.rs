@@ -8,7 +8,8 @@
 //! - [`ingest`]: the live merged stream of every peer's flows, for the store and the alerts;
 //! - [`store`]: every flow written to ClickHouse (batched, spooled to disk during outages,
 //!   replayed idempotently), and history read back through the same API;
-//! - [`alerts`]: alert rules on denied flows, evaluated on the live merged stream.
+//! - [`alerts`]: alert rules on denied flows, evaluated on the live merged stream;
+//! - [`ui`]: the web UI's bundle and JSON API (service map, flows, policies), with live updates.
 #![forbid(unsafe_code)]
 
 pub mod alerts;
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod peers;
 pub mod policies;
 pub mod server;
+pub mod ui;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -17,7 +17,10 @@ use periscope_relay::peers::{Origin, Pool, PoolOptions, follow_peer_service};
 use periscope_relay::server::RelayService;
 use periscope_relay::store::{History, Writer, WriterHandle};
 use periscope_relay::tls::{ReloadingServerConfig, tls_incoming};
+use periscope_relay::ui::live::LiveMap;
+use periscope_relay::ui::{MapStore, PolicySource, UiAccess, UiState};
 use periscope_relay::window::Window;
+use periscope_ui_api::DataSource;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
@@ -63,6 +66,7 @@ async fn consume(
     alerting: Arc<Alerting>,
     writer: Option<WriterHandle>,
     window: Option<Arc<Mutex<Window>>>,
+    live_map: Arc<LiveMap>,
     lagged: Arc<AtomicU64>,
 ) {
     use tokio::sync::broadcast::error::RecvError;
@@ -87,6 +91,7 @@ async fn consume(
             _ = tick.tick() => true,
         };
         if flush {
+            live_map.observe(&batch);
             if let Some(w) = &window {
                 // Also seals an aged open batch when nothing arrives.
                 w.lock().expect("window lock").push(&batch);
@@ -99,6 +104,14 @@ async fn consume(
             batch.clear();
         }
     }
+}
+
+/// The policies in force, asked of the agents when the UI wants them.
+fn policy_source(pool: Arc<Pool>) -> PolicySource {
+    Arc::new(move || {
+        let pool = pool.clone();
+        Box::pin(async move { periscope_relay::policies::policy_graph(&pool).await })
+    })
 }
 
 /// Completes at SIGINT or SIGTERM, after telling every stream to end.
@@ -205,11 +218,13 @@ async fn run(config: Config) -> Result<()> {
         }
     };
     let lagged = Arc::new(AtomicU64::new(0));
+    let live_map = Arc::new(LiveMap::new());
     tokio::spawn(consume(
         ingest.subscribe(),
         alerting.clone(),
         writer.as_ref().map(|w| w.handle()),
         window.clone(),
+        live_map.clone(),
         lagged.clone(),
     ));
     let storage_status: Box<dyn Fn() -> StorageStatus + Send + Sync> = match (&writer, &window) {
@@ -224,12 +239,46 @@ async fn run(config: Config) -> Result<()> {
         (None, None) => unreachable!("a store or a window"),
     };
     if let Some(addr) = config.http_listen {
+        let access = Arc::new(UiAccess {
+            token: config.ui_token.clone(),
+            cluster: config.cluster_name.clone(),
+            history: if config.store.is_some() {
+                DataSource::Clickhouse
+            } else {
+                DataSource::Window
+            },
+        });
+        let ui_state = Arc::new(UiState {
+            live: live_map.clone(),
+            store: match &config.store {
+                Some(cfg) => {
+                    MapStore::Clickhouse(Box::new(History::new(cfg).context("ClickHouse history")?))
+                }
+                None => MapStore::Window(history.clone()),
+            },
+            observer: Arc::new(
+                RelayService::new(pool.clone(), merge.clone(), stop.clone())
+                    .with_history(history.clone()),
+            ),
+            ingest: ingest.clone(),
+            policies: policy_source(pool.clone()),
+            ui_dir: config.ui_dir.clone(),
+            cluster: config.cluster_name.clone(),
+        });
+        if let Some(dir) = &config.ui_dir {
+            tracing::info!(dir = %dir.display(), "serving the web UI");
+        }
         let api = periscope_relay::api::router(Arc::new(ApiState {
             alerting: alerting.clone(),
             storage: storage_status,
             ingest_lagged: lagged.clone(),
             pool: pool.clone(),
-        }));
+        }))
+        .merge(periscope_relay::ui::router(ui_state, access.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            access,
+            periscope_relay::ui::require_token,
+        ));
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("--http-listen {addr}"))?;

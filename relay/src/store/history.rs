@@ -159,6 +159,26 @@ impl History {
             .await
     }
 
+    /// Service-map edges of `[since_ns, until_ns]` from the per-minute view `flow_edges_1m`
+    /// (one row per edge and verdict, most flows first, at most `limit`).
+    pub async fn service_map_edges(
+        &self,
+        since_ns: i64,
+        until_ns: i64,
+        limit: u32,
+    ) -> Result<Vec<periscope_storage::queries::ServiceMapEdge>> {
+        let q = self.queries().await?;
+        q.service_map_edges(
+            periscope_storage::queries::Window { since_ns, until_ns },
+            limit,
+        )
+        .await
+        .map_err(|source| StoreError::Storage {
+            operation: "reading the service map".into(),
+            source,
+        })
+    }
+
     /// Pages through the answer to `req`, oldest first.
     pub fn pager(&self, req: &HistoryRequest) -> Result<HistoryPager> {
         let filters = FlowFilterSet::compile(&req.allow, &req.deny)?;

@@ -554,9 +554,40 @@ pub fn l4(f: &Flow) -> (&'static str, u32, u32) {
     }
 }
 
-/// The map edge a flow counts on (`None` for replies and non-L3/L4 records).
+/// Monitor event type of policy verdict notifications (`Flow.event_type.type`).
+const POLICY_VERDICT_EVENT: i32 = 5;
+
+/// The map edge a flow counts on, or `None` when it does not count. Each packet is observed
+/// more than once (leaving its source, arriving at its destination, and as a policy verdict),
+/// so an edge counts one observation per packet, the one that tells how it ended:
+///
+/// - replies and records without L4 do not count (a reply would draw the edge backwards);
+/// - policy verdict notifications do not count (the packet's trace or drop carries the same
+///   verdict);
+/// - a packet forwarded at its source's egress towards a workload in the cluster does not count:
+///   the destination's ingress observation (delivered or dropped) does.
+///
+/// The ClickHouse view `flow_edges_1m` applies the same rule.
 pub fn edge_of(f: &Flow) -> Option<EdgeKey> {
     if f.is_reply == Some(true) || f.l4.is_none() {
+        return None;
+    }
+    if f.event_type
+        .as_ref()
+        .is_some_and(|e| e.r#type == POLICY_VERDICT_EVENT)
+    {
+        return None;
+    }
+    let forwarded = matches!(
+        verdict(f),
+        Verdict::Forwarded | Verdict::Redirected | Verdict::Translated | Verdict::Traced
+    );
+    if forwarded
+        && direction(f) == TrafficDirection::Egress
+        && f.destination
+            .as_ref()
+            .is_some_and(|d| !d.namespace.is_empty())
+    {
         return None;
     }
     let (sns, sname) = f.source.as_ref().map(endpoint_name).unwrap_or_default();

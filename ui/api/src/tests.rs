@@ -94,6 +94,24 @@ fn edges_count_requests_not_replies() {
             protocol: "TCP".into()
         }
     );
+    // Leaving the source towards a workload: the destination's observation counts instead.
+    f.traffic_direction = TrafficDirection::Egress as i32;
+    assert_eq!(edge_of(&f), None);
+    // Dropped at the source's egress: counts.
+    f.verdict = Verdict::Dropped as i32;
+    assert!(edge_of(&f).is_some());
+    // Forwarded at egress to the world (no destination workload): counts.
+    f.verdict = Verdict::Forwarded as i32;
+    f.destination = Some(ep("", "", "", &["reserved:world"], 2));
+    assert_eq!(edge_of(&f).unwrap().destination, "reserved:world");
+    // Policy verdict notifications repeat a trace's or drop's verdict: not counted.
+    f.event_type = Some(flow::CiliumEventType {
+        r#type: 5,
+        sub_type: 0,
+    });
+    assert_eq!(edge_of(&f), None);
+    f.event_type = None;
+    f.traffic_direction = TrafficDirection::Ingress as i32;
     f.is_reply = Some(true);
     assert_eq!(edge_of(&f), None);
     f.is_reply = Some(false);
