@@ -212,22 +212,28 @@ fn truthy(v: &Value) -> bool {
     }
 }
 
-/// One HTTP/1.1 request to `127.0.0.1:port`; returns the status code and the body.
-fn http(
-    port: u16,
+/// One HTTP/1.1 request (`Connection: close`) to `addr`: `method path` with `headers` (`Name:
+/// value` lines) and `body` (JSON gets `Content-Type: application/json`); returns the status code
+/// and the body (chunked bodies decoded). Used for chromedriver's commands, and by benchmarks for
+/// plain HTTP GETs.
+pub fn http_request(
+    addr: SocketAddr,
     method: &str,
     path: &str,
+    headers: &[&str],
     body: Option<&Value>,
     timeout: Duration,
 ) -> io::Result<(u16, Vec<u8>)> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(Duration::from_secs(10)))?;
     s.set_nodelay(true)?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut req =
-        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
     if method != "GET" {
         req.push_str(&format!(
             "Content-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\n",
@@ -308,8 +314,9 @@ fn command(
     timeout: Duration,
 ) -> Result<Value> {
     let what = format!("{method} {path}");
-    let (status, body) =
-        http(port, method, path, body, timeout).map_err(io_err(format!("chromedriver {what}")))?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let (status, body) = http_request(addr, method, path, &[], body, timeout)
+        .map_err(io_err(format!("chromedriver {what}")))?;
     let answer: Value = serde_json::from_slice(&body).map_err(|e| BrowserError::Protocol {
         command: what.clone(),
         detail: format!(

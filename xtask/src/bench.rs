@@ -44,15 +44,17 @@ use periscope_topology::Topology;
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// The benchmarks `cargo xtask bench` knows.
-const BENCHMARKS: &[&str] = &["datapath", "agent", "relay", "lb"];
+const BENCHMARKS: &[&str] = &["datapath", "agent", "relay", "lb", "ui"];
 
 /// `cargo xtask bench lb`: service load balancing against kube-proxy's iptables rules.
 mod lb;
+/// `cargo xtask bench ui`: the service-map query over 10M stored flows and the map's first render.
+mod ui;
 
 /// Options of `cargo xtask bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Which benchmark: datapath, agent, relay, lb, or all (the default) for every one.
+    /// Which benchmark: datapath, agent, relay, lb, ui, or all (the default) for every one.
     which: Option<String>,
     /// Smoke run: 1 s per measurement, 1 repetition.
     #[arg(long)]
@@ -114,6 +116,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             "agent" => agent(&opts)?,
             "relay" => relay(&opts)?,
             "lb" => lb::run(&opts)?,
+            "ui" => ui::run(&opts)?,
             other => unreachable!("benchmark {other} is listed but not dispatched"),
         }
     }
