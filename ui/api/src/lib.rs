@@ -106,6 +106,10 @@ pub fn node_kind(namespace: &str, name: &str) -> NodeKind {
         UNKNOWN | "" => NodeKind::Unknown,
         n if n.starts_with("reserved:") => NodeKind::Reserved,
         n if n.starts_with("cidr:") => NodeKind::World,
+        // Policy graph peers: entities (`entity:cluster`, `entity:all`) and selectors that match
+        // no known endpoint (`selector:…`).
+        n if n.starts_with("entity:") => NodeKind::Reserved,
+        n if n.starts_with("selector:") => NodeKind::Unknown,
         _ => NodeKind::Workload,
     }
 }

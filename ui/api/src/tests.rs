@@ -74,6 +74,8 @@ fn endpoints_are_named_like_the_clickhouse_view() {
     assert_eq!(node_kind("", "reserved:health"), NodeKind::Reserved);
     assert_eq!(node_kind("prod", "db"), NodeKind::Workload);
     assert_eq!(node_kind("", UNKNOWN), NodeKind::Unknown);
+    assert_eq!(node_kind("", "entity:cluster"), NodeKind::Reserved);
+    assert_eq!(node_kind("", "selector:app=x"), NodeKind::Unknown);
 }
 
 #[test]
