@@ -199,6 +199,16 @@ fn screenshots_and_window_size() {
     let png = std::fs::read(&path).unwrap();
     assert_eq!(png_size(&png), (w0, h0));
 
+    // DevTools commands pass through.
+    let v = b.cdp("Browser.getVersion", json!({})).unwrap();
+    assert!(
+        v["product"].as_str().unwrap_or("").contains("Chrome"),
+        "{v}"
+    );
+    b.cdp("Network.enable", json!({})).unwrap();
+    b.cdp("Network.setCacheDisabled", json!({ "cacheDisabled": true }))
+        .unwrap();
+
     b.set_window_size(1000, 700).unwrap();
     let (w1, h1) = inner();
     assert_eq!(w1, 1000);

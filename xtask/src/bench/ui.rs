@@ -528,6 +528,19 @@ fn api_times(relay: &UiRelay, shape: &Shape, runs: usize) -> Result<Duration> {
         let map: Value = serde_json::from_slice(body).context("the map is not JSON")?;
         let edges = map["edges"].as_array().map_or(0, Vec::len) as u64;
         let nodes = map["nodes"].as_array().map_or(0, Vec::len) as u64;
+        let flows: u64 = map["edges"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|e| {
+                ["forwarded", "dropped", "audit", "other"].map(|k| e[k].as_u64().unwrap_or(0))
+            })
+            .sum();
+        ensure!(
+            flows == shape.flows,
+            "{path} counted {flows} flows on its edges, {} were generated",
+            shape.flows
+        );
         ensure!(
             edges == shape.edges && nodes == shape.workloads,
             "{path} answered {edges} edges and {nodes} nodes, {} and {} expected (source {}, truncated {})",
