@@ -44,6 +44,19 @@ if ! bpf-linker --version >/dev/null 2>&1; then
     cargo +stable install bpf-linker --version 0.13.0 --no-default-features --features "llvm-$major"
 fi
 
+# The web UI: Rust's wasm target, and the wasm-bindgen CLI of the version ui/Cargo.toml pins
+# (`cargo xtask ui` turns the wasm into the bundle with it).
+if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+  log "adding the wasm32-unknown-unknown target"
+  rustup target add wasm32-unknown-unknown
+fi
+WASM_BINDGEN_VERSION=0.2.130
+if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$WASM_BINDGEN_VERSION" ] \
+   && [ "$("${CARGO_HOME:-$HOME/.cargo}/bin/wasm-bindgen" --version 2>/dev/null | awk '{print $2}')" != "$WASM_BINDGEN_VERSION" ]; then
+  log "installing wasm-bindgen-cli $WASM_BINDGEN_VERSION"
+  cargo +stable install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION"
+fi
+
 # chdb-core (PyPI: ClickHouse 26.x in-process) for the storage tests' check of the modern SQL
 # dialect, in a venv of its own; the tests find it at $PERISCOPE_VENV (default below).
 CHDB_VERSION=26.9.0

@@ -4,6 +4,7 @@
 //! - `cargo xtask test`   — setup, build, and run every test (unit, property, end-to-end).
 //! - `cargo xtask demo`   — bring up the demo topology with agents and traffic; Ctrl-C to stop.
 //! - `cargo xtask bench`  — benchmarks, reported as ratios against a baseline of the same run.
+//! - `cargo xtask ui`     — build the web UI bundle into `<target>/ui-dist` (the relay's `--ui-dir`).
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -12,6 +13,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod ui;
 
 /// Periscope's task runner.
 #[derive(Debug, Parser)]
@@ -26,8 +28,11 @@ enum Cmd {
     /// Install the toolchain pieces, Debian packages and bpffs mount the project needs
     /// (idempotent; seconds on a ready machine).
     Setup,
-    /// Build the release binaries (agent with its eBPF datapath).
+    /// Build the release binaries (agent with its eBPF datapath) and the web UI bundle.
     Build,
+    /// Build the web UI bundle (wasm + wasm-bindgen + static files) into `<target>/ui-dist`,
+    /// the directory the relay serves with `--ui-dir`.
+    Ui,
     /// Setup, build and run every test: unit and property tests of all crates and the
     /// end-to-end tests on the network-namespace test bed (needs root).
     Test {
@@ -56,6 +61,7 @@ fn main() -> Result<()> {
             setup()?;
             build_release()
         }
+        Cmd::Ui => ui::build_ui().map(|_| ()),
         Cmd::Test { args } => test(&args),
         Cmd::Demo(a) => demo::run(a),
         Cmd::Bench(a) => bench::run(a),
@@ -101,7 +107,7 @@ pub fn setup() -> Result<()> {
     run(Command::new("bash").arg(root().join("xtask/setup.sh")))
 }
 
-/// Builds the release agent (and with it the eBPF object), CLI and relay.
+/// Builds the release agent (and with it the eBPF object), CLI and relay, and the web UI bundle.
 pub fn build_release() -> Result<()> {
     run(Command::new("cargo").current_dir(root()).args([
         "build",
@@ -112,7 +118,9 @@ pub fn build_release() -> Result<()> {
         "periscope-cli",
         "-p",
         "periscope-relay",
-    ]))
+    ]))?;
+    ui::build_ui()?;
+    Ok(())
 }
 
 /// Path of the release CLI binary.
