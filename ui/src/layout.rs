@@ -118,8 +118,10 @@ const ASPECT: f64 = 1.6;
 /// for a picture of about 16:10. When a new shelf opens, the regions of the shelf above are
 /// capped at their height then; a capped region that needs more slots continues in a new
 /// region of the same namespace ("continued") instead of growing into the shelf below.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Layout {
+    /// Width / height of the picture the first map aims at.
+    aspect: f64,
     regions: Vec<Region>,
     shelves: Vec<Shelf>,
     shelf_w: f64,
@@ -128,10 +130,33 @@ pub struct Layout {
     slots: HashMap<String, (usize, usize)>,
 }
 
+impl Default for Layout {
+    fn default() -> Self {
+        Layout::with_aspect(ASPECT)
+    }
+}
+
 impl Layout {
-    /// An empty layout.
+    /// An empty layout for a picture of about 16:10.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty layout whose first map aims at `aspect` (width / height of the window it is
+    /// drawn in; narrow windows get narrower shelves).
+    pub fn with_aspect(aspect: f64) -> Self {
+        Layout {
+            aspect: if aspect.is_finite() {
+                aspect.clamp(0.3, 4.0)
+            } else {
+                ASPECT
+            },
+            regions: Vec::new(),
+            shelves: Vec::new(),
+            shelf_w: 0.0,
+            by_key: HashMap::new(),
+            slots: HashMap::new(),
+        }
     }
 
     /// Places the nodes that have no place yet; nodes already placed do not move.
@@ -170,7 +195,8 @@ impl Layout {
                 .iter()
                 .map(|g| region_width(cols_for(g.len())))
                 .fold(0.0, f64::max);
-            self.shelf_w = (area * ASPECT).sqrt().max(MIN_SHELF_W).max(widest);
+            let min_w = MIN_SHELF_W * (self.aspect / ASPECT).clamp(0.4, 1.5);
+            self.shelf_w = (area * self.aspect).sqrt().max(min_w).max(widest);
             self.shelves.push(Shelf {
                 y: 0.0,
                 x_end: 0.0,
@@ -467,6 +493,19 @@ mod tests {
         for x in &n {
             assert_eq!(l1.position(&x.id), l2.position(&x.id));
         }
+    }
+
+    #[test]
+    fn narrow_windows_get_narrow_shelves() {
+        let n: Vec<MapNode> = (0..40)
+            .map(|i| MapNode::new(&format!("ns-{}", i % 8), &format!("w{i}")))
+            .collect();
+        let (mut wide, mut narrow) = (Layout::with_aspect(2.0), Layout::with_aspect(0.5));
+        wide.place(&n);
+        narrow.place(&n);
+        let (w, nb) = (wide.bounds(), narrow.bounds());
+        assert!(w.w / w.h > nb.w / nb.h, "{w:?} {nb:?}");
+        assert!(nb.w / nb.h < 1.2, "{nb:?}");
     }
 
     #[test]

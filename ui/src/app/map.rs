@@ -88,6 +88,13 @@ fn draw(model: &Shared, s: Sigs) {
         canvas,
         ..
     } = &mut *m;
+    if layout.is_empty() {
+        // The first map's layout aims at the window's shape.
+        let r = div.get_bounding_client_rect();
+        if r.width() > 0.0 && r.height() > 0.0 {
+            *layout = Layout::with_aspect(r.width() / r.height());
+        }
+    }
     layout.place(state.nodes.values());
     let bounds = layout.bounds();
     canvas.draw(&div, |vb| svg::map_svg(state, layout, vb), bounds);

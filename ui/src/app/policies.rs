@@ -57,8 +57,17 @@ pub fn PoliciesView() -> impl IntoView {
                         {
                             let mut m = model.borrow_mut();
                             let Model { layout, canvas, .. } = &mut *m;
+                            let div = el.get_untracked();
+                            if let Some(div) = &div
+                                && layout.is_empty()
+                            {
+                                let r = div.get_bounding_client_rect();
+                                if r.width() > 0.0 && r.height() > 0.0 {
+                                    *layout = Layout::with_aspect(r.width() / r.height());
+                                }
+                            }
                             layout.place(&policy_nodes(&g));
-                            if let Some(div) = el.get_untracked() {
+                            if let Some(div) = div {
                                 canvas.draw(&div, |vb| policy_svg(&g, layout, vb), layout.bounds());
                             }
                             m.graph = Some(g.clone());
