@@ -2,7 +2,13 @@
 --
 -- One row per (cluster, source, destination, port, protocol, verdict) over the minutes that
 -- overlap the window, most flows first. Ends are named by workload, else pod, else their
--- reserved: label (reserved:world, ...). Replies and L7 records are not counted.
+-- reserved: label (reserved:world, ...). What counts is the view's rule, the live map's
+-- (`periscope_ui_api::edge_of`), from migration 0005_flow_edges_1m_edge_rule on: one observation
+-- per packet. Replies, records without L4 and L7 records, and policy verdict notifications
+-- (event_type 5) do not count, nor a packet forwarded (FORWARDED, REDIRECTED, TRANSLATED, TRACED)
+-- at its source's EGRESS towards a workload in the cluster (its destination's INGRESS
+-- observation counts it). Minutes aggregated before 0005 keep 0002's counting: every L3/L4 flow
+-- that is not a reply.
 -- Parameters:
 --   since_ns, until_ns  Int64   window, Unix nanoseconds (whole minutes: the table's grain)
 --   limit               UInt32  at most this many rows

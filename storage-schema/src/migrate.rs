@@ -30,16 +30,41 @@ impl Migration {
         }
     }
 
-    /// FNV-1a of the template, recorded in `schema_migrations` to notice a shipped file that
-    /// changed after it was applied.
+    /// FNV-1a of the template's statements (comments dropped), recorded in `schema_migrations`
+    /// to notice a shipped file whose SQL changed after it was applied. Editing a comment does
+    /// not change it.
     pub fn checksum(&self, dialect: Dialect) -> u64 {
-        self.template(dialect)
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-            })
+        fnv1a(
+            sqltext::split_statements(self.template(dialect))
+                .join(";\n")
+                .as_bytes(),
+        )
+    }
+
+    /// Whether `recorded` (a `schema_migrations` checksum) is this file's: its [`checksum`], or
+    /// what was recorded before checksums left comments out (FNV-1a of the whole file, as
+    /// shipped now or, for a file whose comments changed since, as shipped then).
+    ///
+    /// [`checksum`]: Migration::checksum
+    pub fn matches_checksum(&self, dialect: Dialect, recorded: u64) -> bool {
+        recorded == self.checksum(dialect)
+            || recorded == fnv1a(self.template(dialect).as_bytes())
+            || EARLIER_TEXT_CHECKSUMS.contains(&(self.version, dialect, recorded))
     }
 }
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Whole-file checksums recorded for earlier texts of a migration that differ from today's in
+/// comments only: 0002 before its comments pointed at 0005.
+const EARLIER_TEXT_CHECKSUMS: &[(u32, Dialect, u64)] = &[
+    (2, Dialect::Legacy, 0x378c_1d80_a755_20a7),
+    (2, Dialect::Modern, 0x0a93_1d4a_3a0c_b822),
+];
 
 macro_rules! migration {
     ($version:literal, $digits:literal, $name:literal) => {
@@ -70,6 +95,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(2, "0002", "flow_edges_1m"),
     migration!(3, "0003", "flows_denied"),
     migration!(4, "0004", "alerts"),
+    migration!(5, "0005", "flow_edges_1m_edge_rule"),
 ];
 
 /// Tables that hold flows and are partitioned by day (`toYYYYMMDD`), with their TTL column
@@ -305,7 +331,7 @@ pub async fn migrate(client: &Client, config: &MigrateConfig) -> Result<MigrateR
     for migration in MIGRATIONS {
         if let Some(row) = applied.iter().find(|r| r.version == migration.version) {
             let shipped = migration.checksum(schema_dialect);
-            if row.checksum != shipped {
+            if !migration.matches_checksum(schema_dialect, row.checksum) {
                 tracing::warn!(
                     database = %db,
                     version = migration.version,
@@ -509,7 +535,12 @@ mod tests {
                     assert!(!s.contains("--"), "comment left in {s}");
                     assert!(s.contains("`db_x`."), "database not qualified in {s}");
                     assert!(s.contains(" ON CLUSTER `main-1`"), "no ON CLUSTER in {s}");
-                    assert!(s.contains("IF NOT EXISTS"), "not idempotent: {s}");
+                    let idempotent = if s.starts_with("DROP ") {
+                        s.contains(" IF EXISTS ")
+                    } else {
+                        s.contains("IF NOT EXISTS")
+                    };
+                    assert!(idempotent, "not idempotent: {s}");
                 }
                 if dialect == Dialect::Modern && m.version == 1 {
                     assert!(statements[0].contains("INTERVAL 9 DAY"));
@@ -518,6 +549,79 @@ mod tests {
                 assert!(single.iter().all(|s| !s.contains("ON CLUSTER")));
             }
         }
+    }
+
+    #[test]
+    fn checksums_leave_comments_out_and_know_earlier_texts() {
+        let m = |sql: &'static str| Migration {
+            version: 9,
+            name: "x",
+            legacy: sql,
+            modern: sql,
+        };
+        let a = m(
+            "-- 0009 x\n-- says one thing\nCREATE TABLE IF NOT EXISTS t (x UInt8) ENGINE = Log;\n",
+        );
+        let b = m(
+            "-- 0009 x\n-- says another\n\nCREATE TABLE IF NOT EXISTS t (x UInt8) ENGINE = Log; -- !\n",
+        );
+        let c = m("-- 0009 x\nCREATE TABLE IF NOT EXISTS t (x UInt16) ENGINE = Log;\n");
+        assert_eq!(a.checksum(Dialect::Legacy), b.checksum(Dialect::Legacy));
+        assert_ne!(a.checksum(Dialect::Legacy), c.checksum(Dialect::Legacy));
+        // What earlier versions recorded: the whole file's FNV-1a.
+        assert!(a.matches_checksum(Dialect::Modern, fnv1a(a.modern.as_bytes())));
+        assert!(!a.matches_checksum(Dialect::Modern, fnv1a(b.modern.as_bytes())));
+
+        // 0002's earlier text: today's with the comment as it was before it pointed at 0005.
+        let m2 = &MIGRATIONS[1];
+        assert_eq!(m2.version, 2);
+        for dialect in [Dialect::Legacy, Dialect::Modern] {
+            let now = "-- One row per (minute, cluster, source, destination, port, protocol, verdict) edge. This file's
+-- view counts every L3/L4 flow that is not a reply (a reply would draw the edge backwards);
+-- 0005_flow_edges_1m_edge_rule.sql replaces it with one that counts one observation per packet,
+-- the rule of the live map (`periscope_ui_api::edge_of`; see 0005). An end is named by its
+";
+            let then = "-- One row per (minute, cluster, source, destination, port, protocol, verdict) edge. Only L3/L4
+-- flows that are not replies count (a reply would draw the edge backwards). An end is named by its
+";
+            let template = m2.template(dialect);
+            assert!(
+                template.contains(now),
+                "0002 {dialect} comment changed again"
+            );
+            let earlier = fnv1a(template.replace(now, then).as_bytes());
+            assert!(
+                m2.matches_checksum(dialect, earlier),
+                "{dialect}: {earlier:#x}"
+            );
+            assert!(!m2.matches_checksum(dialect, earlier ^ 1));
+        }
+    }
+
+    #[test]
+    fn the_edge_rule_view_is_the_same_in_both_dialects() {
+        let m = MIGRATIONS.iter().find(|m| m.version == 5).unwrap();
+        let cfg = MigrateConfig::default();
+        let legacy = render_migration(m, Dialect::Legacy, &cfg).unwrap();
+        let modern = render_migration(m, Dialect::Modern, &cfg).unwrap();
+        assert_eq!(
+            legacy,
+            [
+                "DROP TABLE IF EXISTS `periscope`.flow_edges_1m_mv".to_owned(),
+                modern[1].clone()
+            ]
+        );
+        assert_eq!(
+            modern[0],
+            "DROP VIEW IF EXISTS `periscope`.flow_edges_1m_mv"
+        );
+        assert!(modern[1].starts_with(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS `periscope`.flow_edges_1m_mv\nTO `periscope`.flow_edges_1m"
+        ));
+        // The view's select is 0002's, only the filter differs.
+        let select = |s: &str| s[s.find("AS SELECT").unwrap()..s.find("WHERE").unwrap()].to_owned();
+        let old = render_migration(&MIGRATIONS[1], Dialect::Modern, &cfg).unwrap();
+        assert_eq!(select(&modern[1]), select(&old[1]));
     }
 
     #[test]

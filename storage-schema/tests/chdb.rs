@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clickhouse::Row;
-use periscope_storage::queries::modern_param_text;
+use periscope_storage::queries::{self, modern_param_text};
 use periscope_storage::testing::full_flow;
 use periscope_storage::{
     AlertRow, Dialect, FlowRow, MIGRATIONS, MigrateConfig, bootstrap_statements,
@@ -93,6 +93,42 @@ fn modern_ddl_and_every_query_run_in_chdb() {
         })
         .collect();
 
+    // The map's edge rule across migration 0005, in a database of each dialect.
+    let edge_rule = common::edge_rule(t0);
+    let edge_rule_runs: Vec<Value> = [
+        ("edge_rule_modern", Dialect::Modern),
+        ("edge_rule_legacy_schema", Dialect::Legacy),
+    ]
+    .into_iter()
+    .map(|(label, dialect)| {
+        let cfg = config(label, 30);
+        let mut before = migrations(&cfg, dialect);
+        let after = before.split_off(before.len() - 1);
+        assert_eq!(
+            MIGRATIONS.last().map(|m| m.version),
+            Some(5),
+            "0005 is the last"
+        );
+        json!({
+            "label": label,
+            "database": label,
+            "before_migrations": before,
+            "after_migrations": after,
+            "before": edge_rule.before,
+            "after": edge_rule.after,
+            "cases": edge_rule.windows.iter().map(|(id, w, _)| json!({
+                "id": id,
+                "sql": queries::SERVICE_MAP_EDGES.sql,
+                "params": {
+                    "since_ns": modern_param_text(&w.since_ns.into()),
+                    "until_ns": modern_param_text(&w.until_ns.into()),
+                    "limit": modern_param_text(&100u32.into()),
+                },
+            })).collect::<Vec<_>>(),
+        })
+    })
+    .collect();
+
     let plan = json!({
         "modern_database": "periscope",
         "legacy_database": "periscope_legacy",
@@ -115,6 +151,7 @@ fn modern_ddl_and_every_query_run_in_chdb() {
         "ttl_rows": ttl_rows,
         "ttl_kept": ["ttl-new"],
         "ttl_statements": modern_ttl_statements(&config("periscope_ttl", 5)).expect("ttl"),
+        "edge_rule": edge_rule_runs,
     });
 
     let dir = tempfile::tempdir().expect("temp dir");
@@ -158,6 +195,13 @@ fn modern_ddl_and_every_query_run_in_chdb() {
                 Expected::ServiceMapEdges(want) => compare(label, &case.id, got, want),
                 Expected::History(want) => compare(label, &case.id, got, want),
             }
+        }
+    }
+    for label in ["edge_rule_modern", "edge_rule_legacy_schema"] {
+        for (id, _, want) in &edge_rule.windows {
+            let got = &results["results"][label][id.as_str()];
+            assert!(got.is_array(), "{label}: no result for {id}");
+            compare(label, id, got, want);
         }
     }
 }

@@ -10,8 +10,8 @@ use clickhouse::Client;
 use periscope_storage::queries::{HistoryFilter, Window};
 use periscope_storage::testing::{TestServer, full_flow};
 use periscope_storage::{
-    ALERTS_TABLE, AlertRow, Dialect, Error, FlowRow, MigrateConfig, ParamValue, Queries, QuerySpec,
-    apply_retention, migrate,
+    ALERTS_TABLE, AlertRow, Dialect, Error, FlowRow, MIGRATIONS, MigrateConfig, ParamValue,
+    Queries, QuerySpec, apply_retention, bootstrap_statements, migrate, render_migration,
 };
 
 use common::{Case, Expected, SEC};
@@ -98,12 +98,12 @@ async fn migrations_apply_in_order_and_reapplying_is_a_noop() {
     let first = migrate(&client, &cfg).await.expect("first migrate");
     assert_eq!(first.server_dialect, Dialect::Legacy);
     assert_eq!(first.schema_dialect, Dialect::Legacy);
-    assert_eq!(first.applied, vec![1, 2, 3, 4]);
+    assert_eq!(first.applied, vec![1, 2, 3, 4, 5]);
     assert!(first.already_applied.is_empty());
 
     let second = migrate(&client, &cfg).await.expect("second migrate");
     assert!(second.applied.is_empty(), "{second:?}");
-    assert_eq!(second.already_applied, vec![1, 2, 3, 4]);
+    assert_eq!(second.already_applied, vec![1, 2, 3, 4, 5]);
 
     let tables: Vec<String> = client
         .query_raw("SELECT name FROM system.tables WHERE database = 'periscope_m' ORDER BY name")
@@ -127,7 +127,7 @@ async fn migrations_apply_in_order_and_reapplying_is_a_noop() {
         "SELECT count() FROM periscope_m.schema_migrations WHERE dialect = 'legacy'",
     )
     .await;
-    assert_eq!(recorded, 4);
+    assert_eq!(recorded, 5);
 
     // A migration cut short (tables there, not recorded) is finished by the next run.
     client
@@ -143,7 +143,7 @@ async fn migrations_apply_in_order_and_reapplying_is_a_noop() {
     let other = migrate(&client, &config("periscope_other", 7))
         .await
         .expect("other db");
-    assert_eq!(other.applied, vec![1, 2, 3, 4]);
+    assert_eq!(other.applied, vec![1, 2, 3, 4, 5]);
 }
 
 async fn wait_for_mutations(client: &Client, database: &str) {
@@ -359,6 +359,87 @@ async fn shipped_queries_answer_exactly_on_seeded_flows_with_replays() {
     }
 }
 
+/// Runs statements in order, panicking with the one that failed.
+async fn run_all(client: &Client, statements: &[String]) {
+    for statement in statements {
+        client
+            .query_raw(statement)
+            .execute()
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+}
+
+/// A schema at 0004 gets 0005: the view then counts one observation per packet (the live
+/// map's rule) while the minutes aggregated before keep 0002's counting; re-running 0005 and
+/// replaying flows change nothing.
+#[tokio::test]
+async fn the_map_counts_one_observation_per_packet_from_0005_on() {
+    let server = start();
+    let client = server.client();
+    let cfg = config("periscope_e", 7);
+    let t0 = common::base_time_ns();
+    let scenario = common::edge_rule(t0);
+
+    // The schema as a relay before 0005 left it: 0001-0004 applied and recorded.
+    run_all(&client, &bootstrap_statements(&cfg).expect("bootstrap")).await;
+    for m in MIGRATIONS.iter().filter(|m| m.version < 5) {
+        run_all(
+            &client,
+            &render_migration(m, Dialect::Legacy, &cfg).expect("render"),
+        )
+        .await;
+        client
+            .query(
+                "INSERT INTO periscope_e.schema_migrations (version, name, dialect, checksum) \
+                 VALUES (?, ?, 'legacy', ?)",
+            )
+            .bind(m.version)
+            .bind(m.name)
+            .bind(m.checksum(Dialect::Legacy))
+            .execute()
+            .await
+            .expect("recording a migration");
+    }
+    insert(&client, &cfg.database, &scenario.before).await;
+
+    let report = migrate(&client, &cfg).await.expect("migrate");
+    assert_eq!(report.applied, vec![5]);
+    assert_eq!(report.already_applied, vec![1, 2, 3, 4]);
+    // A run cut short after 0005's statements runs them again: same view.
+    let m5 = MIGRATIONS.iter().find(|m| m.version == 5).expect("0005");
+    run_all(
+        &client,
+        &render_migration(m5, Dialect::Legacy, &cfg).expect("render"),
+    )
+    .await;
+    // The flows after, then a replay of them.
+    insert(&client, &cfg.database, &scenario.after).await;
+    insert(&client, &cfg.database, &scenario.after).await;
+
+    let queries = Queries::new(&client, &cfg.database, Dialect::Legacy).expect("queries");
+    let check = |merged: &'static str| {
+        let queries = &queries;
+        let windows = &scenario.windows;
+        async move {
+            for (id, window, want) in windows {
+                let got = queries
+                    .service_map_edges(*window, 100)
+                    .await
+                    .unwrap_or_else(|e| panic!("{id}: {e}"));
+                assert_eq!(&got, want, "{id} ({merged})");
+            }
+        }
+    };
+    check("before merges").await;
+    client
+        .query_raw("OPTIMIZE TABLE periscope_e.flow_edges_1m FINAL")
+        .execute()
+        .await
+        .expect("merging");
+    check("after merges").await;
+}
+
 #[tokio::test]
 async fn hostile_strings_are_bound_as_data() {
     let server = start();
@@ -432,6 +513,11 @@ async fn retention_drops_expired_day_partitions() {
         });
         f.is_reply = Some(false);
         f.r#type = periscope_proto::flow::FlowType::L3L4 as i32;
+        // A drop, not the policy verdict notification that the map leaves out.
+        f.event_type = Some(periscope_proto::flow::CiliumEventType {
+            r#type: 1,
+            sub_type: 0,
+        });
         rows.push(FlowRow::from_flow(&f, "c1"));
     }
     insert(&client, &cfg.database, &rows).await;

@@ -1,7 +1,9 @@
 -- 0002 flow_edges_1m (modern dialect): service-map edges per minute, fed by a materialized view.
 --
--- One row per (minute, cluster, source, destination, port, protocol, verdict) edge. Only L3/L4
--- flows that are not replies count (a reply would draw the edge backwards). An end is named by its
+-- One row per (minute, cluster, source, destination, port, protocol, verdict) edge. This file's
+-- view counts every L3/L4 flow that is not a reply (a reply would draw the edge backwards);
+-- 0005_flow_edges_1m_edge_rule.sql replaces it with one that counts one observation per packet,
+-- the rule of the live map (`periscope_ui_api::edge_of`; see 0005). An end is named by its
 -- workload, else its pod, else its first `reserved:` label (reserved:world, reserved:host, ...):
 -- columns `source` and `destination`, each with its namespace (empty outside the cluster).
 --
