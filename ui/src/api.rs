@@ -6,7 +6,7 @@ use wasm_bindgen::{JsCast, JsValue, closure::Closure};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{EventSource, Headers, MessageEvent, Request, RequestInit, Response};
 
-use crate::query::{build, with_query};
+use crate::query::{build, join, with_query};
 
 /// Routes are relative to the page, so the UI also works behind a path prefix.
 pub const API: &str = "api/v1";
@@ -92,11 +92,11 @@ pub async fn get_json<T: DeserializeOwned>(
 /// The URL of an event stream: `api/v1/{route}?{query}` plus `access_token` (an
 /// `EventSource` cannot send headers).
 pub fn stream_url(route: &str, query: &str, token: Option<&str>) -> String {
-    let q = match token.filter(|t| !t.is_empty()) {
-        Some(t) => with_query(query, &build(&[("access_token", t)])),
-        None => query.to_string(),
-    };
-    with_query(&format!("{API}/{route}"), q.trim_start_matches('?'))
+    let token = token
+        .filter(|t| !t.is_empty())
+        .map(|t| build(&[("access_token", t)]))
+        .unwrap_or_default();
+    with_query(&format!("{API}/{route}"), &join(query, &token))
 }
 
 type Listener = Closure<dyn FnMut(MessageEvent)>;

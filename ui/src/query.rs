@@ -68,6 +68,16 @@ pub fn build<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)]) -> String {
         .join("&")
 }
 
+/// Two query strings as one (`a=1` and `b=2` → `a=1&b=2`; either may be empty).
+pub fn join(a: &str, b: &str) -> String {
+    let (a, b) = (a.trim_start_matches('?'), b.trim_start_matches('?'));
+    match (a.is_empty(), b.is_empty()) {
+        (true, _) => b.to_string(),
+        (_, true) => a.to_string(),
+        _ => format!("{a}&{b}"),
+    }
+}
+
 /// `path?query`, or just `path` when the query is empty.
 pub fn with_query(path: &str, query: &str) -> String {
     if query.is_empty() {
@@ -407,6 +417,12 @@ mod tests {
         assert_eq!(with_query("/api/v1/map", ""), "/api/v1/map");
         assert_eq!(with_query("/api/v1/map", "a=1"), "/api/v1/map?a=1");
         assert_eq!(with_query("/x?a=1", "b=2"), "/x?a=1&b=2");
+        assert_eq!(
+            join("since=5m", "access_token=t"),
+            "since=5m&access_token=t"
+        );
+        assert_eq!(join("", "access_token=t"), "access_token=t");
+        assert_eq!(join("?a=1", ""), "a=1");
     }
 
     #[test]

@@ -18,6 +18,9 @@ use crate::mapstate::{MapState, node_from_id};
 /// every edge still has its tooltip).
 pub const LABEL_LIMIT: usize = 300;
 
+/// Beyond this many edges the map is drawn "dense" (fainter edges).
+pub const DENSE: usize = 800;
+
 /// Radius of the circle around a node that edges stop at.
 const NODE_R: f64 = 22.0;
 
@@ -264,7 +267,13 @@ pub fn map_svg(map: &MapState, layout: &Layout, vb: &ViewBox) -> String {
     let edges = map.edges_for_drawing();
     let labels = edges.len() <= LABEL_LIMIT;
     let mut out = String::with_capacity(512 + edges.len() * 420 + map.nodes.len() * 300);
-    open_svg(&mut out, "map", vb);
+    // Many edges are drawn fainter (a node's click brings its own to the front).
+    let class = if edges.len() > DENSE {
+        "map dense"
+    } else {
+        "map"
+    };
+    open_svg(&mut out, class, vb);
     let present: BTreeSet<&str> = map.nodes.values().map(crate::layout::region_key).collect();
     regions(&mut out, layout, &present);
     let ls: Vec<Line> = edges

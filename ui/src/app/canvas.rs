@@ -130,6 +130,57 @@ pub fn mark_map_rendered(edges: usize) {
     });
 }
 
+/// Marks the selected node, its edges and its peers (the rest of the drawing fades).
+pub fn highlight(el: &web_sys::Element, id: Option<&str>) {
+    use wasm_bindgen::JsCast;
+    let each = |css: &str, f: &dyn Fn(&web_sys::Element)| {
+        if let Ok(list) = el.query_selector_all(css) {
+            for i in 0..list.length() {
+                if let Some(e) = list
+                    .item(i)
+                    .and_then(|n| n.dyn_into::<web_sys::Element>().ok())
+                {
+                    f(&e);
+                }
+            }
+        }
+    };
+    each(".selected, .hl", &|e| {
+        let _ = e.class_list().remove_2("selected", "hl");
+    });
+    let Some(svg) = el.first_element_child() else {
+        return;
+    };
+    let Some(id) = id else {
+        let _ = svg.class_list().remove_1("focus");
+        return;
+    };
+    let q = css_string(id);
+    let Ok(Some(node)) = el.query_selector(&format!("g.node[data-id={q}]")) else {
+        let _ = svg.class_list().remove_1("focus");
+        return;
+    };
+    let _ = node.class_list().add_1("selected");
+    let _ = svg.class_list().add_1("focus");
+    let peers = std::cell::RefCell::new(std::collections::BTreeSet::new());
+    each(
+        &format!("g[data-source={q}], g[data-destination={q}]"),
+        &|e| {
+            let _ = e.class_list().add_1("hl");
+            for a in ["data-source", "data-destination"] {
+                if let Some(p) = e.get_attribute(a) {
+                    peers.borrow_mut().insert(p);
+                }
+            }
+        },
+    );
+    for p in peers.into_inner() {
+        if let Ok(Some(n)) = el.query_selector(&format!("g.node[data-id={}]", css_string(&p))) {
+            let _ = n.class_list().add_1("hl");
+        }
+    }
+}
+
 /// A CSS attribute-selector string for `s` (`"…"` with `\` and `"` escaped).
 pub fn css_string(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))

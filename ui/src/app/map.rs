@@ -8,7 +8,7 @@ use leptos::prelude::*;
 use periscope_ui_api::{DataSource, MapDelta, MapEdge, NodeDetail, ServiceMap};
 use send_wrapper::SendWrapper;
 
-use super::canvas::{Canvas, closest_data, css_string, mark_map_rendered};
+use super::canvas::{Canvas, closest_data, highlight, mark_map_rendered};
 use super::{EdgeLegend, RangePicker, go, use_ctx};
 use crate::api::{self, Stream};
 use crate::format::{self, edge_counts, kind_name, look_name, namespace_color, port_proto};
@@ -54,24 +54,6 @@ struct Sigs {
 }
 
 type Shared = Rc<RefCell<Model>>;
-
-fn highlight(el: &web_sys::Element, id: Option<&str>) {
-    if let Ok(list) = el.query_selector_all("g.node.selected") {
-        for i in 0..list.length() {
-            if let Some(n) = list.item(i).and_then(|n| {
-                use wasm_bindgen::JsCast;
-                n.dyn_into::<web_sys::Element>().ok()
-            }) {
-                let _ = n.class_list().remove_1("selected");
-            }
-        }
-    }
-    if let Some(id) = id
-        && let Ok(Some(n)) = el.query_selector(&format!("g.node[data-id={}]", css_string(id)))
-    {
-        let _ = n.class_list().add_1("selected");
-    }
-}
 
 fn draw(model: &Shared, s: Sigs) {
     let mut m = model.borrow_mut();

@@ -324,6 +324,15 @@ fn TokenForm() -> impl IntoView {
                 <form id="token-form" on:submit=submit>
                     <h2>"Access token"</h2>
                     <p class="message">{move || ctx.ask_token.get().unwrap_or_default()}</p>
+                    // Browsers want a user name beside a password field; the token has none.
+                    <input
+                        type="text"
+                        name="username"
+                        autocomplete="username"
+                        value="periscope"
+                        hidden=true
+                        readonly=true
+                    />
                     <input
                         name="token"
                         type="password"

@@ -7,7 +7,7 @@ use leptos::prelude::*;
 use periscope_ui_api::{FlowQuery, PolicyGraph, PolicyInfo};
 use send_wrapper::SendWrapper;
 
-use super::canvas::{Canvas, closest_data};
+use super::canvas::{Canvas, closest_data, highlight};
 use super::{EdgeLegend, go, use_ctx};
 use crate::api;
 use crate::format::{policy_title, rule_words};
@@ -83,6 +83,14 @@ pub fn PoliciesView() -> impl IntoView {
         let model = SendWrapper::new(model.clone());
         on_cleanup(move || model.borrow_mut().alive = false);
     }
+    // The focused node and its rules stand out in the drawing.
+    Effect::new(move |_| {
+        let f = focus.get();
+        graph.track();
+        if let Some(div) = el.get_untracked() {
+            highlight(&div, f.as_deref());
+        }
+    });
     let on_click = {
         let model = model.clone();
         move |ev: leptos::ev::MouseEvent| {
