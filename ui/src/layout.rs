@@ -342,7 +342,8 @@ impl ViewBox {
     }
 
     /// This box with `margin` around it, widened or heightened to the aspect of a
-    /// `cw`×`ch` pixel element (so that `preserveAspectRatio="xMidYMid meet"` fills it).
+    /// `cw`×`ch` pixel element (so that `preserveAspectRatio="xMidYMid meet"` fills it), and
+    /// never drawn larger than one pixel per unit (a small map is not blown up).
     pub fn fit(&self, margin: f64, cw: f64, ch: f64) -> ViewBox {
         let mut b = ViewBox {
             x: self.x - margin,
@@ -351,6 +352,12 @@ impl ViewBox {
             h: self.h + 2.0 * margin,
         };
         if cw > 0.0 && ch > 0.0 {
+            if b.w < cw && b.h < ch {
+                b.x -= (cw - b.w) / 2.0;
+                b.y -= (ch - b.h) / 2.0;
+                b.w = cw;
+                b.h = ch;
+            }
             let want = cw / ch;
             if b.w / b.h < want {
                 let w = b.h * want;
@@ -597,5 +604,15 @@ mod tests {
         assert!((p.x + 100.0).abs() < 1e-9);
         let f = v.fit(10.0, 800.0, 800.0);
         assert!((f.w / f.h - 1.0).abs() < 1e-9 && f.w >= 1020.0);
+        // Small drawings are not enlarged: one unit per pixel at most, centred.
+        let small = ViewBox {
+            x: 0.0,
+            y: 0.0,
+            w: 200.0,
+            h: 100.0,
+        };
+        let f = small.fit(10.0, 800.0, 600.0);
+        assert_eq!((f.w, f.h), (800.0, 600.0));
+        assert!((f.x + f.w / 2.0 - 100.0).abs() < 1e-9 && (f.y + f.h / 2.0 - 50.0).abs() < 1e-9);
     }
 }

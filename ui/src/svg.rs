@@ -191,7 +191,9 @@ fn curve(p1: (f64, f64), p2: (f64, f64), k: usize) -> (String, (f64, f64)) {
         return (d, (x, y - 58.0 * s));
     }
     let (nx, ny) = (-dy / len, dx / len);
-    let off = 16.0 + 16.0 * k as f64;
+    // Long edges bend more, so that they pass beside the nodes between their ends (the nodes
+    // of a region's row are on one line); parallel edges bend further out.
+    let off = 16.0 + 16.0 * k as f64 + (len * 0.14).min(160.0);
     let c = (
         (p1.0 + p2.0) / 2.0 + nx * off,
         (p1.1 + p2.1) / 2.0 + ny * off,

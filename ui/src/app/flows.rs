@@ -516,13 +516,12 @@ fn FlowDetail(row: Row, selected: RwSignal<Option<Row>>) -> impl IntoView {
             view! {
                 <dt>{label}</dt>
                 <dd>
-                    <strong>{format::endpoint(ep)}</strong>
-                    " "
-                    <span class="addr">{addr}</span>
-                    <br/>
-                    <span class="muted">"identity " {identity}</span>
-                    <br/>
-                    <span class="labels">{labels}</span>
+                    <div>
+                        <strong>{format::endpoint(ep)}</strong>
+                    </div>
+                    <div class="addr">{addr}</div>
+                    <div class="muted">"identity " {identity}</div>
+                    <div class="labels">{labels}</div>
                 </dd>
             }
         };
