@@ -32,23 +32,38 @@ impl MapState {
         self.add_missing_nodes();
     }
 
-    /// Applies a live delta.
-    pub fn apply(&mut self, d: MapDelta) {
+    /// Applies a live delta; says whether the picture changed shape (nodes or edges came or
+    /// went: draw it again) or only counts of these edges changed (patch them).
+    pub fn apply(&mut self, d: MapDelta) -> Change {
         self.since_ns = d.since_ns;
         self.until_ns = d.until_ns;
+        let nodes_before = self.nodes.len();
+        let mut reshaped = false;
         for id in &d.removed_nodes {
-            self.nodes.remove(id);
+            reshaped |= self.nodes.remove(id).is_some();
         }
         for k in &d.removed_edges {
-            self.edges.remove(k);
+            reshaped |= self.edges.remove(k).is_some();
         }
         for n in d.nodes {
-            self.nodes.insert(n.id.clone(), n);
+            reshaped |= self.nodes.insert(n.id.clone(), n).is_none();
         }
+        let mut counted = Vec::new();
         for e in d.edges {
-            self.edges.insert(e.key.clone(), e);
+            let key = e.key.clone();
+            match self.edges.insert(key.clone(), e) {
+                None => reshaped = true,
+                Some(old) if old != self.edges[&key] => counted.push(key),
+                Some(_) => {}
+            }
         }
         self.add_missing_nodes();
+        reshaped |= self.nodes.len() != nodes_before;
+        if reshaped {
+            Change::Reshaped
+        } else {
+            Change::Counts(counted)
+        }
     }
 
     /// An edge naming a node the answer did not list still gets its node (named from its id).
@@ -77,6 +92,15 @@ impl MapState {
             .map(|n| n.namespace.clone())
             .collect()
     }
+}
+
+/// What a delta changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Nodes or edges came or went.
+    Reshaped,
+    /// Only the counts of these edges changed (maybe none).
+    Counts(Vec<EdgeKey>),
 }
 
 /// The node a map id names: `ns/name` for workloads; reserved labels, `cidr:…`, `entity:…` and
@@ -121,7 +145,7 @@ mod tests {
             truncated: false,
         });
         assert_eq!(s.edges.len(), 1);
-        s.apply(MapDelta {
+        let c = s.apply(MapDelta {
             since_ns: 2,
             until_ns: 3,
             nodes: vec![MapNode::new("", "reserved:world")],
@@ -132,6 +156,7 @@ mod tests {
             ],
             removed_edges: vec![],
         });
+        assert_eq!(c, Change::Reshaped);
         assert_eq!(s.edges.len(), 2);
         let k = EdgeKey {
             source: "prod/web".into(),
@@ -140,7 +165,21 @@ mod tests {
             protocol: "TCP".into(),
         };
         assert_eq!(s.edges[&k].flows(), 6);
-        s.apply(MapDelta {
+        // Only counts: the edges to patch.
+        let c = s.apply(MapDelta {
+            since_ns: 3,
+            until_ns: 3,
+            nodes: vec![],
+            removed_nodes: vec![],
+            edges: vec![
+                edge("prod/web", "prod/db", 5432, 9, 1),
+                edge("reserved:world", "prod/web", 443, 9, 0),
+            ],
+            removed_edges: vec![],
+        });
+        assert_eq!(c, Change::Counts(vec![k.clone()]));
+        assert_eq!(s.edges[&k].flows(), 10);
+        let c = s.apply(MapDelta {
             since_ns: 3,
             until_ns: 4,
             nodes: vec![],
@@ -148,6 +187,7 @@ mod tests {
             edges: vec![],
             removed_edges: vec![k],
         });
+        assert_eq!(c, Change::Reshaped);
         assert_eq!(s.edges.len(), 1);
         assert!(!s.nodes.contains_key("prod/db"));
         assert_eq!(s.until_ns, 4);

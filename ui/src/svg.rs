@@ -263,11 +263,66 @@ fn width(flows: u64) -> f64 {
     (1.5 + (flows as f64 + 1.0).log10() * 1.2).min(7.0)
 }
 
+/// What changes on a map edge when its counts change (a live delta patches these in place).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EdgeAttrs {
+    /// `data-look` (and the marker colour).
+    pub look: &'static str,
+    /// `data-flows`.
+    pub flows: u64,
+    /// Stroke width of the line.
+    pub width: f64,
+    /// The label, when the map draws labels.
+    pub label: Option<String>,
+    /// The tooltip.
+    pub title: String,
+}
+
+impl EdgeAttrs {
+    /// The attributes of `e` (`labels`: whether the map draws edge labels).
+    pub fn of(e: &periscope_ui_api::MapEdge, labels: bool) -> EdgeAttrs {
+        let k = &e.key;
+        EdgeAttrs {
+            look: look_name(e.look()),
+            flows: e.flows(),
+            width: width(e.flows()),
+            label: labels.then(|| edge_label(e)),
+            title: format!(
+                "{} → {} {}: {} (click for the flows)",
+                k.source,
+                k.destination,
+                port_proto(&k.protocol, k.port),
+                edge_counts(e)
+            ),
+        }
+    }
+
+    /// The element's `class`.
+    pub fn class(&self) -> String {
+        format!("edge look-{}", self.look)
+    }
+
+    /// The line's `stroke-width`.
+    pub fn width_attr(&self) -> String {
+        format!("{:.1}", self.width)
+    }
+
+    /// The line's `marker-end`.
+    pub fn marker_attr(&self) -> String {
+        format!("url(#arrow-{})", self.look)
+    }
+}
+
+/// Whether the map of `edges` edges draws edge labels.
+pub fn draws_labels(edges: usize) -> bool {
+    edges <= LABEL_LIMIT
+}
+
 /// The service map: regions, edges (`.edge`), nodes (`.node`). Every node of `map` must be
 /// placed in `layout` already.
 pub fn map_svg(map: &MapState, layout: &Layout, vb: &ViewBox) -> String {
     let edges = map.edges_for_drawing();
-    let labels = edges.len() <= LABEL_LIMIT;
+    let labels = draws_labels(edges.len());
     let mut out = String::with_capacity(512 + edges.len() * 420 + map.nodes.len() * 300);
     // Many edges are drawn fainter (a node's click brings its own to the front).
     let class = if edges.len() > DENSE {
@@ -281,31 +336,26 @@ pub fn map_svg(map: &MapState, layout: &Layout, vb: &ViewBox) -> String {
     let ls: Vec<Line> = edges
         .iter()
         .map(|e| {
-            let look = look_name(e.look());
             let k = &e.key;
+            let a = EdgeAttrs::of(e, labels);
             Line {
                 source: &k.source,
                 destination: &k.destination,
                 order: format!("{}/{:05}", k.protocol, k.port),
-                class: format!("edge look-{look}"),
+                class: a.class(),
                 data: format!(
-                    r#"data-source="{}" data-destination="{}" data-port="{}" data-protocol="{}" data-look="{look}" data-flows="{}""#,
+                    r#"data-source="{}" data-destination="{}" data-port="{}" data-protocol="{}" data-look="{}" data-flows="{}""#,
                     escape(&k.source),
                     escape(&k.destination),
                     k.port,
                     escape(&k.protocol),
-                    e.flows()
+                    a.look,
+                    a.flows
                 ),
-                marker: look,
-                width: width(e.flows()),
-                label: labels.then(|| edge_label(e)),
-                title: format!(
-                    "{} → {} {}: {} (click for the flows)",
-                    k.source,
-                    k.destination,
-                    port_proto(&k.protocol, k.port),
-                    edge_counts(e)
-                ),
+                marker: a.look,
+                width: a.width,
+                label: a.label,
+                title: a.title,
             }
         })
         .collect();

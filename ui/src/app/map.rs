@@ -1,11 +1,11 @@
 //! The service map: workloads by namespace, edges coloured by verdict, live or over a range.
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 
 use leptos::html::Div;
 use leptos::prelude::*;
-use periscope_ui_api::{DataSource, MapDelta, MapEdge, NodeDetail, ServiceMap};
+use periscope_ui_api::{DataSource, EdgeKey, MapDelta, MapEdge, NodeDetail, ServiceMap};
 use send_wrapper::SendWrapper;
 
 use super::canvas::{Canvas, closest_data, highlight, mark_map_rendered};
@@ -13,7 +13,7 @@ use super::{EdgeLegend, RangePicker, go, use_ctx};
 use crate::api::{self, Stream};
 use crate::format::{self, edge_counts, kind_name, look_name, namespace_color, port_proto};
 use crate::layout::Layout;
-use crate::mapstate::MapState;
+use crate::mapstate::{Change, MapState};
 use crate::query::{Route, TimeRange, edge_flows_hash, map_query, node_query, with_query};
 use crate::svg;
 
@@ -33,11 +33,14 @@ struct Model {
     layout: Layout,
     canvas: Canvas,
     stream: Option<Stream>,
+    /// The drawn edges by key (filled when a delta first patches a drawing).
+    edge_els: HashMap<EdgeKey, web_sys::Element>,
+    /// What the next animation frame does.
+    pending: Pending,
     /// Bumped by every (re)load: answers of older loads are dropped.
     generation: u64,
     /// The namespace selection the layout was made for (another selection starts afresh).
     namespaces: Option<Vec<String>>,
-    draw_pending: bool,
     alive: bool,
 }
 
@@ -55,9 +58,19 @@ struct Sigs {
 
 type Shared = Rc<RefCell<Model>>;
 
+fn stats(state: &MapState) -> Stats {
+    Stats {
+        nodes: state.nodes.len(),
+        edges: state.edges.len(),
+        source: state.source,
+        truncated: state.truncated,
+        until_ns: state.until_ns,
+    }
+}
+
 fn draw(model: &Shared, s: Sigs) {
     let mut m = model.borrow_mut();
-    m.draw_pending = false;
+    m.pending = Pending::Nothing;
     if !m.alive {
         return;
     }
@@ -68,6 +81,7 @@ fn draw(model: &Shared, s: Sigs) {
         state,
         layout,
         canvas,
+        edge_els,
         ..
     } = &mut *m;
     if layout.is_empty() {
@@ -80,14 +94,9 @@ fn draw(model: &Shared, s: Sigs) {
     layout.place(state.nodes.values());
     let bounds = layout.bounds();
     canvas.draw(&div, |vb| svg::map_svg(state, layout, vb), bounds);
+    edge_els.clear();
     highlight(&div, s.selected.get_untracked().as_deref());
-    let stats = Stats {
-        nodes: state.nodes.len(),
-        edges: state.edges.len(),
-        source: state.source,
-        truncated: state.truncated,
-        until_ns: state.until_ns,
-    };
+    let stats = stats(state);
     let namespaces = state.namespaces();
     let edges = state.edges.len();
     drop(m);
@@ -98,13 +107,117 @@ fn draw(model: &Shared, s: Sigs) {
     mark_map_rendered(edges);
 }
 
-/// Draws in the next animation frame (live deltas arriving together are drawn once).
-fn schedule_draw(model: &Shared, s: Sigs) {
-    if std::mem::replace(&mut model.borrow_mut().draw_pending, true) {
+/// The drawn edge elements by key (read from the drawing once after it is drawn).
+fn edge_elements(div: &web_sys::Element) -> HashMap<EdgeKey, web_sys::Element> {
+    use wasm_bindgen::JsCast;
+    let mut out = HashMap::new();
+    let Ok(list) = div.query_selector_all("g.edge") else {
+        return out;
+    };
+    for i in 0..list.length() {
+        let Some(el) = list
+            .item(i)
+            .and_then(|n| n.dyn_into::<web_sys::Element>().ok())
+        else {
+            continue;
+        };
+        let a = |n: &str| el.get_attribute(n).unwrap_or_default();
+        let key = EdgeKey {
+            source: a("data-source"),
+            destination: a("data-destination"),
+            port: a("data-port").parse().unwrap_or(0),
+            protocol: a("data-protocol"),
+        };
+        out.insert(key, el);
+    }
+    out
+}
+
+/// Updates the counts of some edges in the drawing, without drawing it again.
+fn patch(model: &Shared, s: Sigs, keys: BTreeSet<EdgeKey>) {
+    let mut m = model.borrow_mut();
+    if !m.alive {
+        return;
+    }
+    let Some(div) = s.el.get_untracked() else {
+        return;
+    };
+    let Model {
+        state, edge_els, ..
+    } = &mut *m;
+    if edge_els.is_empty() {
+        *edge_els = edge_elements(&div);
+    }
+    let labels = svg::draws_labels(state.edges.len());
+    for k in &keys {
+        let (Some(e), Some(el)) = (state.edges.get(k), edge_els.get(k)) else {
+            continue;
+        };
+        let a = svg::EdgeAttrs::of(e, labels);
+        if el.get_attribute("data-look").as_deref() != Some(a.look) {
+            let highlighted = el.class_list().contains("hl");
+            let _ = el.set_attribute("class", &a.class());
+            if highlighted {
+                let _ = el.class_list().add_1("hl");
+            }
+            let _ = el.set_attribute("data-look", a.look);
+        }
+        let _ = el.set_attribute("data-flows", &a.flows.to_string());
+        if let Ok(Some(line)) = el.query_selector(".line") {
+            let _ = line.set_attribute("stroke-width", &a.width_attr());
+            let _ = line.set_attribute("marker-end", &a.marker_attr());
+        }
+        if let (Some(label), Ok(Some(t))) = (&a.label, el.query_selector(".edge-label")) {
+            t.set_text_content(Some(label));
+        }
+        if let Ok(Some(t)) = el.query_selector("title") {
+            t.set_text_content(Some(&a.title));
+        }
+    }
+    let stats = stats(state);
+    let edges = state.edges.len();
+    drop(m);
+    s.stats.set(Some(stats));
+    mark_map_rendered(edges);
+}
+
+/// What the next animation frame does to the drawing.
+#[derive(Debug, Default)]
+enum Pending {
+    /// Nothing.
+    #[default]
+    Nothing,
+    /// Update the counts of these edges.
+    Patch(BTreeSet<EdgeKey>),
+    /// Draw it all again.
+    Draw,
+}
+
+/// Runs `pending` in the next animation frame (deltas arriving together are drawn once).
+fn schedule(model: &Shared, s: Sigs, what: Pending) {
+    let mut m = model.borrow_mut();
+    let first = matches!(m.pending, Pending::Nothing);
+    m.pending = match (std::mem::take(&mut m.pending), what) {
+        (Pending::Draw, _) | (_, Pending::Draw) => Pending::Draw,
+        (Pending::Patch(mut a), Pending::Patch(b)) => {
+            a.extend(b);
+            Pending::Patch(a)
+        }
+        (Pending::Nothing, w) | (w, Pending::Nothing) => w,
+    };
+    drop(m);
+    if !first {
         return;
     }
     let model = model.clone();
-    request_animation_frame(move || draw(&model, s));
+    request_animation_frame(move || {
+        let what = std::mem::take(&mut model.borrow_mut().pending);
+        match what {
+            Pending::Nothing => {}
+            Pending::Patch(keys) => patch(&model, s, keys),
+            Pending::Draw => draw(&model, s),
+        }
+    });
 }
 
 fn load(model: &Shared, s: Sigs, range: TimeRange, ns: Vec<String>, token: Option<String>) {
@@ -139,7 +252,7 @@ fn load(model: &Shared, s: Sigs, range: TimeRange, ns: Vec<String>, token: Optio
                             m1.borrow_mut().state.set_map(map);
                             s.loading.set(false);
                             s.error.set(None);
-                            schedule_draw(&m1, s);
+                            schedule(&m1, s, Pending::Draw);
                         }
                         Err(e) => s.error.set(Some(format!("unexpected map event: {e}"))),
                     },
@@ -150,8 +263,12 @@ fn load(model: &Shared, s: Sigs, range: TimeRange, ns: Vec<String>, token: Optio
                 Box::new(
                     move |data: String| match serde_json::from_str::<MapDelta>(&data) {
                         Ok(d) => {
-                            m2.borrow_mut().state.apply(d);
-                            schedule_draw(&m2, s);
+                            let change = m2.borrow_mut().state.apply(d);
+                            let what = match change {
+                                Change::Reshaped => Pending::Draw,
+                                Change::Counts(keys) => Pending::Patch(keys.into_iter().collect()),
+                            };
+                            schedule(&m2, s, what);
                         }
                         Err(e) => s.error.set(Some(format!("unexpected delta event: {e}"))),
                     },
