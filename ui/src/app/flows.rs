@@ -318,6 +318,9 @@ pub fn FlowsView() -> impl IntoView {
                     "Live tail"
                     <span class="muted">{move || tail_state.get()}</span>
                 </label>
+                <button title="Ask again" on:click=move |_| reload.update(|r| *r += 1)>
+                    "Refresh"
+                </button>
                 <label class="limit">
                     "Rows "
                     <select

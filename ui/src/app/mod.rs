@@ -361,8 +361,11 @@ fn TokenForm() -> impl IntoView {
 #[component]
 pub fn RangePicker() -> impl IntoView {
     let ctx = use_ctx();
-    let from = RwSignal::new(String::new());
-    let to = RwSignal::new(String::new());
+    // The custom range starts as the last hour, in the browser's time zone.
+    let local = |ns: i64| crate::format::date_time(ns, tz_offset_min())[..16].replacen(' ', "T", 1);
+    let now_ns = (js_sys::Date::now() * 1e6) as i64;
+    let from = RwSignal::new(local(now_ns - 3_600_000_000_000));
+    let to = RwSignal::new(local(now_ns));
     let custom_open = RwSignal::new(matches!(
         ctx.range.get_untracked(),
         TimeRange::Custom { .. }
