@@ -231,14 +231,12 @@ pub fn App() -> impl IntoView {
 #[component]
 fn Header(view_kind: Memo<View>) -> impl IntoView {
     let ctx = use_ctx();
-    let open = RwSignal::new(false);
     let link = move |id: &'static str, href: &'static str, label: &'static str, v: View| {
         view! {
             <a
                 id=id
                 href=href
                 class:active=move || view_kind.get() == v
-                on:click=move |_| open.set(false)
             >
                 {label}
             </a>
@@ -263,15 +261,8 @@ fn Header(view_kind: Memo<View>) -> impl IntoView {
             .with(|c| c.as_ref().is_some_and(|c| c.auth_required))
     };
     view! {
-        <header class="top" class:open=move || open.get()>
+        <header class="top">
             <span class="brand">"Periscope"</span>
-            <button
-                class="nav-toggle"
-                aria-label="Menu"
-                on:click=move |_| open.update(|o| *o = !*o)
-            >
-                "☰"
-            </button>
             <nav>
                 {link("nav-map", "#/map", "Map", View::Map)}
                 {link("nav-flows", "#/flows", "Flows", View::Flows)}
