@@ -56,7 +56,13 @@ const LIMITS: &[u32] = &[100, 200, 500, 1000, 5000];
 #[component]
 pub fn FlowsView() -> impl IntoView {
     let ctx = use_ctx();
-    ctx.load_policies();
+    // The policies explain flows; asked again when a new token is given.
+    Effect::new(move |_| {
+        ctx.token.track();
+        if ctx.policies.with(Option::is_none) {
+            ctx.load_policies();
+        }
+    });
     let filters = Memo::new(move |_| match ctx.route.get() {
         Route::Flows(q) => q,
         _ => FlowQuery::default(),
