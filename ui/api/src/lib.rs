@@ -565,7 +565,8 @@ const POLICY_VERDICT_EVENT: i32 = 5;
 /// more than once (leaving its source, arriving at its destination, and as a policy verdict),
 /// so an edge counts one observation per packet, the one that tells how it ended:
 ///
-/// - replies and records without L4 do not count (a reply would draw the edge backwards);
+/// - replies, L7 records and records without L4 do not count (a reply would draw the edge
+///   backwards; an L7 record repeats a packet its trace already counted);
 /// - policy verdict notifications do not count (the packet's trace or drop carries the same
 ///   verdict);
 /// - a packet forwarded at its source's egress towards a workload in the cluster does not count:
@@ -573,7 +574,7 @@ const POLICY_VERDICT_EVENT: i32 = 5;
 ///
 /// The ClickHouse view `flow_edges_1m` applies the same rule.
 pub fn edge_of(f: &Flow) -> Option<EdgeKey> {
-    if f.is_reply == Some(true) || f.l4.is_none() {
+    if f.is_reply == Some(true) || f.l4.is_none() || f.r#type == flow::FlowType::L7 as i32 {
         return None;
     }
     if f.event_type
