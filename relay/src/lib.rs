@@ -25,9 +25,9 @@ pub mod metrics;
 pub mod peers;
 pub mod policies;
 pub mod server;
-pub mod ui;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod ui;
 pub use periscope_tls as tls;
 pub mod window;
