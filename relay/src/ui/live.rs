@@ -53,13 +53,6 @@ fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
-fn time_ns(f: &Flow) -> i64 {
-    f.time
-        .as_ref()
-        .map(|t| t.seconds * 1_000_000_000 + i64::from(t.nanos))
-        .unwrap_or(0)
-}
-
 /// Keeps edges with either end in `namespaces` (all when empty).
 pub fn in_namespaces(key: &EdgeKey, namespaces: &HashSet<String>) -> bool {
     fn ns(id: &str) -> &str {
@@ -141,7 +134,7 @@ impl LiveMap {
         let mut g = self.inner.lock().expect("live map lock");
         let inner = &mut *g;
         for f in flows {
-            let t = time_ns(f);
+            let t = periscope_storage::time_ns_of(f.time.as_ref());
             let Some(key) = edge_of(f).filter(|_| t >= oldest) else {
                 inner.skipped += 1;
                 continue;

@@ -39,7 +39,7 @@ use crate::ingest::Ingest;
 use crate::server::RelayService;
 use crate::store::History;
 use live::{LiveMap, assemble, in_namespaces, split_id};
-use params::{BadParam, FLOW_PARAMS, Params, flow_request, namespaces, now_ns, range};
+use params::{BadParam, FLOW_PARAMS, Params, flow_request, namespaces, now_ns, range, timestamp};
 
 /// The policies in force, asked of the agents on demand.
 pub type PolicySource = Arc<dyn Fn() -> BoxFuture<'static, PolicyGraph> + Send + Sync>;
@@ -162,11 +162,7 @@ pub async fn map_of(
                 if !in_namespaces(&key, namespaces) {
                     continue;
                 }
-                let t = f
-                    .time
-                    .as_ref()
-                    .map(|t| t.seconds * 1_000_000_000 + i64::from(t.nanos))
-                    .unwrap_or(0);
+                let t = periscope_storage::time_ns_of(f.time.as_ref());
                 edges
                     .entry(key)
                     .or_insert_with_key(|k| MapEdge::new(k.clone()))
@@ -182,13 +178,6 @@ pub async fn map_of(
         edges.into_values(),
         limit,
     ))
-}
-
-fn timestamp(ns: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ns.div_euclid(1_000_000_000),
-        nanos: ns.rem_euclid(1_000_000_000) as i32,
-    }
 }
 
 struct MapArgs {

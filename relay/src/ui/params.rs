@@ -105,6 +105,14 @@ pub fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
+/// The protobuf timestamp of Unix nanoseconds.
+pub fn timestamp(ns: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ns.div_euclid(1_000_000_000),
+        nanos: ns.rem_euclid(1_000_000_000) as i32,
+    }
+}
+
 /// A time parameter: RFC 3339 (`2026-11-22T10:00:00Z`) or a duration before `now_ns` (`5m`).
 pub fn time_param(name: &str, v: &str, now_ns: i64) -> Result<i64, BadParam> {
     if let Ok(d) = humantime::parse_duration(v) {
@@ -367,12 +375,8 @@ pub fn flow_request(p: &Params, live: bool) -> Result<FlowRequest, BadParam> {
     let limit = p.number("limit", 1..=10_000, 100)? as usize;
     if !live {
         let (since, until) = range(p, None)?;
-        let ts = |ns: i64| prost_types::Timestamp {
-            seconds: ns.div_euclid(1_000_000_000),
-            nanos: ns.rem_euclid(1_000_000_000) as i32,
-        };
-        get.since = since.map(ts);
-        get.until = until.map(ts);
+        get.since = since.map(timestamp);
+        get.until = until.map(timestamp);
     } else if p.get("since").is_some() || p.get("until").is_some() || p.get("limit").is_some() {
         return Err(bad(
             "since",
