@@ -124,7 +124,7 @@ pub fn render(state: &ApiState) -> String {
     );
     match (state.storage)() {
         StorageStatus::Clickhouse(s) => {
-            let counters: [(&str, &str, u64); 10] = [
+            let counters: [(&str, &str, u64); 11] = [
                 ("received", "Flows given to the writer.", s.received),
                 (
                     "rows_written",
@@ -166,6 +166,11 @@ pub fn render(state: &ApiState) -> String {
                     "insert_errors",
                     "Failed INSERTs or commits.",
                     s.insert_errors,
+                ),
+                (
+                    "settled_minutes",
+                    "Service-map minutes settled into plain counts.",
+                    s.settled_minutes,
                 ),
             ];
             for (name, help, v) in counters {

@@ -408,6 +408,71 @@ async fn the_spool_is_replayed_after_a_writer_restart() {
     assert_eq!(counts(&client).await.unwrap(), (1500, 1500));
 }
 
+/// The writer settles the map's quiet minutes in the background (storage migration 0006) and
+/// the map reads the same from them: a first writer that never settles stores flows (some twice),
+/// the map is read; a second writer on the same database settles, and the map reads the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_settles_quiet_minutes_and_the_map_stays_the_same() {
+    let server = start_server();
+    let spool = tempfile::tempdir().unwrap();
+    let start_ns = now_ns() - 600_000_000_000;
+    // Flows over ten minutes, a replayed copy of some.
+    let flows: Vec<Flow> = synthetic_flows(3000, start_ns)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut f)| {
+            f.time = Some(ts(start_ns
+                + (i as i64 % 10) * 60_000_000_000
+                + i as i64 * 1000));
+            f
+        })
+        .collect();
+    let never = StoreConfig {
+        settle_every: Duration::from_secs(86_400),
+        ..config(&server, spool.path())
+    };
+    let writer = Writer::start(never).unwrap();
+    writer.handle().try_send(flows.clone());
+    writer.handle().try_send(flows[100..400].to_vec());
+    writer.flush().await.unwrap();
+    let client = server.client();
+    wait_distinct(&client, 3000).await;
+    let stats = writer.shutdown().await;
+    assert_eq!(stats.settled_minutes, 0, "{stats:?}");
+
+    let history = History::with_client(server.client(), DB);
+    let (since_ns, until_ns) = (start_ns - 60_000_000_000, now_ns());
+    let map = || history.service_map_edges(since_ns, until_ns, 10_000);
+    let unsettled = map().await.unwrap();
+    let total: u64 = unsettled.iter().map(|e| e.flows).sum();
+    assert!(total > 0, "the map has edges: {unsettled:?}");
+    let minutes = |sql: &'static str| {
+        let client = client.clone();
+        async move { client.query(sql).fetch_one::<u64>().await.unwrap() }
+    };
+    assert_eq!(
+        minutes("SELECT count() FROM periscope.flow_minutes_settled").await,
+        0
+    );
+
+    let settling = StoreConfig {
+        settle_every: Duration::from_millis(200),
+        settle_quiet: Duration::ZERO,
+        ..config(&server, spool.path())
+    };
+    let writer = Writer::start(settling).unwrap();
+    let written = minutes("SELECT uniqExact(minute) FROM periscope.flow_minutes").await;
+    assert!(written >= 10, "{written} minutes written");
+    wait_until("every minute settled", async || {
+        writer.stats().settled_minutes >= written
+    })
+    .await;
+    let settled = minutes("SELECT uniqExact(minute) FROM periscope.flow_minutes_settled").await;
+    assert_eq!(settled, written);
+    assert_eq!(map().await.unwrap(), unsettled);
+    writer.shutdown().await;
+}
+
 /// Flows with a mix of verdicts, pods and ports, every few a fully populated one; some sent
 /// twice (as a replay would).
 fn history_fixture(start_ns: i64) -> Vec<Flow> {

@@ -12,8 +12,14 @@
 -- Parameters:
 --   since_ns, until_ns  Int64   window, Unix nanoseconds (whole minutes: the table's grain)
 --   limit               UInt32  at most this many rows
--- Exact before merges: flows is uniqExactMerge over the uuid sets of the minutes, so replayed
--- copies, inserted twice through the view, count once.
+-- Exact before merges, replayed copies (inserted twice through the view) counting once. A flow's
+-- copies share its minute, so a window's count is the sum of its minutes' exact counts; each
+-- minute is read either
+-- - settled (migration 0006, queries/settle_*.sql): from flow_edges_1m_settled, the rows of the
+--   latest run whose marker saw the minute's latest write (`written_at` in flow_minutes), plain
+--   numbers; or
+-- - not (yet, or a flow arrived after it was settled): uniqExactMerge over the minute's uuid
+--   sets in flow_edges_1m.
 --
 -- clickhouse-client --database periscope --param_since_ns=1700000000000000000 \
 --   --param_until_ns=1700003600000000000 --param_limit=1000 --queries-file service_map_edges.sql
@@ -26,12 +32,62 @@ SELECT
     destination_port,
     protocol,
     verdict,
-    uniqExactMerge(flows) AS flows,
-    minMerge(first_seen_ns) AS first_seen_ns,
-    maxMerge(last_seen_ns) AS last_seen_ns
-FROM flow_edges_1m
-WHERE minute >= toStartOfMinute(toDateTime(intDiv({since_ns:Int64}, 1000000000)))
-    AND minute <= toDateTime(intDiv({until_ns:Int64}, 1000000000))
+    sum(flows) AS flows,
+    min(first_seen_ns) AS first_seen_ns,
+    max(last_seen_ns) AS last_seen_ns
+FROM
+(
+    SELECT
+        cluster, source_namespace, source, destination_namespace, destination,
+        destination_port, protocol, verdict, flows, first_seen_ns, last_seen_ns
+    FROM flow_edges_1m_settled
+    WHERE minute >= toStartOfMinute(toDateTime(intDiv({since_ns:Int64}, 1000000000)))
+        AND minute <= toDateTime(intDiv({until_ns:Int64}, 1000000000))
+        AND (cluster, minute, settle_id) IN
+        (
+            -- The settled minutes of the window: the latest run that saw the latest write.
+            SELECT cluster, minute, max(settle_id)
+            FROM flow_minutes_settled
+            WHERE minute >= toStartOfMinute(toDateTime(intDiv({since_ns:Int64}, 1000000000)))
+                AND minute <= toDateTime(intDiv({until_ns:Int64}, 1000000000))
+                AND (cluster, minute, written_at) IN
+                (
+                    SELECT cluster, minute, maxMerge(written_at)
+                    FROM flow_minutes
+                    WHERE minute >= toStartOfMinute(toDateTime(intDiv({since_ns:Int64}, 1000000000)))
+                        AND minute <= toDateTime(intDiv({until_ns:Int64}, 1000000000))
+                    GROUP BY cluster, minute
+                )
+            GROUP BY cluster, minute
+        )
+    UNION ALL
+    SELECT
+        cluster, source_namespace, source, destination_namespace, destination,
+        destination_port, protocol, verdict,
+        uniqExactMerge(flows) AS flows,
+        minMerge(first_seen_ns) AS first_seen_ns,
+        maxMerge(last_seen_ns) AS last_seen_ns
+    FROM flow_edges_1m
+    WHERE minute >= toStartOfMinute(toDateTime(intDiv({since_ns:Int64}, 1000000000)))
+        AND minute <= toDateTime(intDiv({until_ns:Int64}, 1000000000))
+        AND (cluster, minute) NOT IN
+        (
+            -- The same settled minutes, as above.
+            SELECT cluster, minute
+            FROM flow_minutes_settled
+            WHERE minute >= toStartOfMinute(toDateTime(intDiv({since_ns:Int64}, 1000000000)))
+                AND minute <= toDateTime(intDiv({until_ns:Int64}, 1000000000))
+                AND (cluster, minute, written_at) IN
+                (
+                    SELECT cluster, minute, maxMerge(written_at)
+                    FROM flow_minutes
+                    WHERE minute >= toStartOfMinute(toDateTime(intDiv({since_ns:Int64}, 1000000000)))
+                        AND minute <= toDateTime(intDiv({until_ns:Int64}, 1000000000))
+                    GROUP BY cluster, minute
+                )
+        )
+    GROUP BY minute, cluster, source_namespace, source, destination_namespace, destination, destination_port, protocol, verdict
+)
 GROUP BY cluster, source_namespace, source, destination_namespace, destination, destination_port, protocol, verdict
 ORDER BY flows DESC, cluster, source_namespace, source, destination_namespace, destination, destination_port, protocol, verdict
 LIMIT {limit:UInt32}

@@ -96,14 +96,18 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(3, "0003", "flows_denied"),
     migration!(4, "0004", "alerts"),
     migration!(5, "0005", "flow_edges_1m_edge_rule"),
+    migration!(6, "0006", "flow_edges_settled"),
 ];
 
 /// Tables that hold flows and are partitioned by day (`toYYYYMMDD`), with their TTL column
 /// expression in the modern dialect.
-const RETAINED_TABLES: [(&str, &str); 3] = [
+const RETAINED_TABLES: [(&str, &str); 6] = [
     ("flows", "toDateTime(time)"),
     ("flows_denied", "toDateTime(time)"),
     ("flow_edges_1m", "minute"),
+    ("flow_minutes", "minute"),
+    ("flow_edges_1m_settled", "minute"),
+    ("flow_minutes_settled", "minute"),
 ];
 
 /// Records applied migrations; the same DDL in both dialects. ReplacingMergeTree on `version`:
@@ -428,8 +432,8 @@ struct PartitionRow {
 
 /// Enforces `config.retention_days` on a schema of dialect `schema`.
 ///
-/// - Legacy (no TTL): drops every day partition of `flows`, `flows_denied` and `flow_edges_1m`
-///   older than the cutoff ([`retention_cutoff_day`]). The relay calls this at start and then
+/// - Legacy (no TTL): drops every day partition of the tables that hold flows or their
+///   aggregates (`flows`, `flows_denied`, `flow_edges_1m` and 0006's three) older than the cutoff ([`retention_cutoff_day`]). The relay calls this at start and then
 ///   periodically (hourly is plenty: partitions are days).
 /// - Modern: sets the tables' TTL to the configured days (`MODIFY TTL`); the server then drops
 ///   expired parts itself. Only needed when the retention changes after the first migration.
@@ -458,7 +462,8 @@ pub async fn apply_retention(
             let parts: Vec<PartitionRow> = client
                 .query(
                     "SELECT DISTINCT table, partition_id FROM system.parts \
-                     WHERE database = ? AND table IN ('flows', 'flows_denied', 'flow_edges_1m') \
+                     WHERE database = ? AND table IN ('flows', 'flows_denied', 'flow_edges_1m', \
+                     'flow_minutes', 'flow_edges_1m_settled', 'flow_minutes_settled') \
                      AND active ORDER BY table, partition_id",
                 )
                 .bind(db.as_str())
@@ -691,7 +696,7 @@ mod tests {
             ..MigrateConfig::default()
         };
         let statements = modern_ttl_statements(&cfg).unwrap();
-        assert_eq!(statements.len(), 3);
+        assert_eq!(statements.len(), 6);
         assert!(statements[0].ends_with("flows MODIFY TTL toDateTime(time) + INTERVAL 3 DAY"));
     }
 }

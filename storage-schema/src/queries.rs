@@ -83,6 +83,48 @@ queries! {
     HISTORY => "history",
 }
 
+/// `queries/settle_candidates.sql`: not an analysis query (not in [`ALL`]); see
+/// [`Queries::settle`].
+pub const SETTLE_CANDIDATES: QuerySpec = QuerySpec {
+    name: "settle_candidates",
+    sql: include_str!("../queries/settle_candidates.sql"),
+};
+
+/// `queries/settle_minute.sql`; see [`Queries::settle`].
+pub const SETTLE_MINUTE: QuerySpec = QuerySpec {
+    name: "settle_minute",
+    sql: include_str!("../queries/settle_minute.sql"),
+};
+
+/// `queries/settle_mark.sql`; see [`Queries::settle`].
+pub const SETTLE_MARK: QuerySpec = QuerySpec {
+    name: "settle_mark",
+    sql: include_str!("../queries/settle_mark.sql"),
+};
+
+/// A row of [`SETTLE_CANDIDATES`]: a minute to settle.
+#[derive(Clone, Debug, PartialEq, Eq, clickhouse::Row, Serialize, Deserialize)]
+pub struct SettleCandidate {
+    /// The minute's cluster.
+    pub cluster: String,
+    /// The minute, Unix seconds.
+    pub minute_s: u32,
+    /// Its latest write, Unix seconds (the server's clock).
+    pub written_s: u32,
+}
+
+/// A random run id for [`SETTLE_MINUTE`] (below 2^63, so that it reads the same everywhere).
+fn settle_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish() >> 1
+}
+
 /// A typed parameter value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
@@ -649,6 +691,54 @@ impl Queries {
     pub async fn service_map_edges(&self, w: Window, limit: u32) -> Result<Vec<ServiceMapEdge>> {
         self.fetch(&SERVICE_MAP_EDGES, &Self::window(w, limit))
             .await
+    }
+
+    /// Settles up to `limit` minutes (migration 0006): for each minute of
+    /// [`SETTLE_CANDIDATES`] (no write for `quiet_s` seconds, not settled at its latest write),
+    /// writes its edges' exact counts ([`SETTLE_MINUTE`]) and then the run's marker
+    /// ([`SETTLE_MARK`]), after which [`SERVICE_MAP_EDGES`] reads that minute as plain numbers.
+    /// Returns the minutes settled. Idempotent and safe to run from several relays at once: a
+    /// run cut short leaves rows that are never read, and of two runs that saw the same write
+    /// one is read. The relay runs it periodically with `quiet_s` 60; tests and benchmarks use
+    /// 0 once their writes are done.
+    pub async fn settle(&self, quiet_s: u32, limit: u32) -> Result<Vec<SettleCandidate>> {
+        let minutes: Vec<SettleCandidate> = self
+            .fetch(
+                &SETTLE_CANDIDATES,
+                &[("quiet_s", quiet_s.into()), ("limit", limit.into())],
+            )
+            .await?;
+        for m in &minutes {
+            let id = settle_id();
+            let cluster = || ParamValue::from(m.cluster.as_str());
+            self.execute(
+                &SETTLE_MINUTE,
+                &[
+                    ("settle_id", ParamValue::UInt(id)),
+                    ("cluster", cluster()),
+                    ("minute_s", m.minute_s.into()),
+                ],
+            )
+            .await?;
+            self.execute(
+                &SETTLE_MARK,
+                &[
+                    ("cluster", cluster()),
+                    ("minute_s", m.minute_s.into()),
+                    ("written_s", m.written_s.into()),
+                    ("settle_id", ParamValue::UInt(id)),
+                ],
+            )
+            .await?;
+        }
+        Ok(minutes)
+    }
+
+    async fn execute(&self, spec: &QuerySpec, params: &[(&str, ParamValue)]) -> Result<()> {
+        self.prepare(spec, params)?
+            .execute()
+            .await
+            .map_err(ch_err(format!("running query {}", spec.name)))
     }
 
     /// [`HISTORY`]: stored flows as rows; [`FlowRow::to_flow`] turns them back into Flows.

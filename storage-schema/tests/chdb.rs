@@ -103,17 +103,16 @@ fn modern_ddl_and_every_query_run_in_chdb() {
     .map(|(label, dialect)| {
         let cfg = config(label, 30);
         let mut before = migrations(&cfg, dialect);
-        let after = before.split_off(before.len() - 1);
-        assert_eq!(
-            MIGRATIONS.last().map(|m| m.version),
-            Some(5),
-            "0005 is the last"
-        );
+        // The bootstrap statements, then 0001-0004.
+        let mut after = before.split_off(5);
+        let rest = after.split_off(1);
+        assert_eq!(MIGRATIONS[4].version, 5, "0005 is the fifth");
         json!({
             "label": label,
             "database": label,
             "before_migrations": before,
             "after_migrations": after,
+            "rest_migrations": rest,
             "before": edge_rule.before,
             "after": edge_rule.after,
             "cases": edge_rule.windows.iter().map(|(id, w, _)| json!({
@@ -152,6 +151,11 @@ fn modern_ddl_and_every_query_run_in_chdb() {
         "ttl_kept": ["ttl-new"],
         "ttl_statements": modern_ttl_statements(&config("periscope_ttl", 5)).expect("ttl"),
         "edge_rule": edge_rule_runs,
+        "settle": {
+            "candidates": queries::SETTLE_CANDIDATES.sql,
+            "minute": queries::SETTLE_MINUTE.sql,
+            "mark": queries::SETTLE_MARK.sql,
+        },
     });
 
     let dir = tempfile::tempdir().expect("temp dir");
@@ -180,7 +184,15 @@ fn modern_ddl_and_every_query_run_in_chdb() {
         engine.split('.').next().and_then(|m| m.parse::<u32>().ok()) >= Some(23),
         "chdb runs ClickHouse {engine}, not a modern one"
     );
-    for label in ["modern", "legacy_schema", "modern_merged"] {
+    for label in [
+        "modern",
+        "legacy_schema",
+        "modern_merged",
+        "modern_settled",
+        "legacy_schema_settled",
+        "modern_late",
+        "modern_resettled",
+    ] {
         let run = &results["results"][label];
         for case in &cases {
             let got = &run[case.id.as_str()];
@@ -197,7 +209,12 @@ fn modern_ddl_and_every_query_run_in_chdb() {
             }
         }
     }
-    for label in ["edge_rule_modern", "edge_rule_legacy_schema"] {
+    for label in [
+        "edge_rule_modern",
+        "edge_rule_legacy_schema",
+        "edge_rule_modern_settled",
+        "edge_rule_legacy_schema_settled",
+    ] {
         for (id, _, want) in &edge_rule.windows {
             let got = &results["results"][label][id.as_str()];
             assert!(got.is_array(), "{label}: no result for {id}");

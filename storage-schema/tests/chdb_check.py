@@ -19,6 +19,7 @@ import json
 import re
 import sys
 import tempfile
+import time
 
 import chdb
 from chdb import session as chs
@@ -55,6 +56,24 @@ def insert(sess, db, batch):
         run(sess, f"INSERT INTO {db}.flows FORMAT JSONEachRow\n{body}")
 
 
+def settle(sess, db, spec):
+    """Settles every minute of db as the relay does (Queries::settle with quiet_s 0): the
+    candidates, then for each its rows and its marker. Returns how many were settled."""
+    run(sess, f"USE {db}")
+    time.sleep(1.1)  # a minute settles once its latest write is in an earlier second
+    every = {"quiet_s": "0", "limit": "100000"}
+    minutes = rows(sess, spec["candidates"], every)
+    for i, m in enumerate(minutes):
+        common = {"cluster": m["cluster"], "minute_s": str(m["minute_s"])}
+        settle_id = str(1000 + i)
+        rows(sess, spec["minute"], {**common, "settle_id": settle_id})
+        rows(sess, spec["mark"], {**common, "written_s": str(m["written_s"]), "settle_id": settle_id})
+    left = rows(sess, spec["candidates"], every)
+    if left:
+        fail(f"{db}: minutes left to settle after settling: {left}")
+    return len(minutes)
+
+
 def migrate(sess, statements_per_migration):
     for statements in statements_per_migration:
         for statement in statements:
@@ -88,7 +107,9 @@ def main():
     migrate(sess, plan["modern_migrations"])  # idempotent: a second run changes nothing
     if tables(modern) != before:
         fail(f"re-applying migrations changed the tables: {before} -> {tables(modern)}")
-    expected_tables = ["alerts", "flow_edges_1m", "flow_edges_1m_mv", "flows", "flows_denied", "flows_denied_mv", "schema_migrations"]
+    expected_tables = ["alerts", "flow_edges_1m", "flow_edges_1m_mv", "flow_edges_1m_settled",
+                       "flow_minutes", "flow_minutes_mv", "flow_minutes_settled",
+                       "flows", "flows_denied", "flows_denied_mv", "schema_migrations"]
     for db in (modern, legacy):
         if tables(db) != expected_tables:
             fail(f"{db} has tables {tables(db)}")
@@ -158,6 +179,18 @@ def main():
         if n != len(plan["seed"]):
             fail(f"{db}.flows lost rows: {n}")
 
+    # Settled minutes (migration 0006) answer the same; replayed copies arriving after that
+    # unsettle the minutes they touch (still the same answers), which then settle again.
+    for label, db in (("modern", modern), ("legacy_schema", legacy)):
+        if settle(sess, db, plan["settle"]) == 0:
+            fail(f"{db}: nothing to settle")
+        run_cases(f"{label}_settled", db)
+    insert(sess, modern, plan["replay"])
+    run_cases("modern_late", modern)
+    if settle(sess, modern, plan["settle"]) == 0:
+        fail("the late copies left nothing to settle")
+    run_cases("modern_resettled", modern)
+
     # Retention: TTL drops parts whose rows are all older than retention_days; MODIFY TTL runs.
     ttl_db = plan["ttl_database"]
     migrate(sess, plan["ttl_migrations"])
@@ -184,10 +217,15 @@ def main():
         migrate(sess, er["after_migrations"])
         if tables(db) != before:
             fail(f"0005 changed the tables of {db}: {before} -> {tables(db)}")
+        migrate(sess, er["rest_migrations"])
         insert(sess, db, er["after"])
         insert(sess, db, er["after"])
         run(sess, f"USE {db}")
         results[er["label"]] = {c["id"]: rows(sess, c["sql"], c["params"]) for c in er["cases"]}
+        if settle(sess, db, plan["settle"]) != 1:
+            fail(f"{db}: the minute after 0006 should settle (the one before has no flow_minutes row)")
+        run(sess, f"USE {db}")
+        results[er["label"] + "_settled"] = {c["id"]: rows(sess, c["sql"], c["params"]) for c in er["cases"]}
 
     with open(out_path, "w") as f:
         json.dump({"engine_version": version, "results": results}, f)

@@ -98,12 +98,12 @@ async fn migrations_apply_in_order_and_reapplying_is_a_noop() {
     let first = migrate(&client, &cfg).await.expect("first migrate");
     assert_eq!(first.server_dialect, Dialect::Legacy);
     assert_eq!(first.schema_dialect, Dialect::Legacy);
-    assert_eq!(first.applied, vec![1, 2, 3, 4, 5]);
+    assert_eq!(first.applied, vec![1, 2, 3, 4, 5, 6]);
     assert!(first.already_applied.is_empty());
 
     let second = migrate(&client, &cfg).await.expect("second migrate");
     assert!(second.applied.is_empty(), "{second:?}");
-    assert_eq!(second.already_applied, vec![1, 2, 3, 4, 5]);
+    assert_eq!(second.already_applied, vec![1, 2, 3, 4, 5, 6]);
 
     let tables: Vec<String> = client
         .query_raw("SELECT name FROM system.tables WHERE database = 'periscope_m' ORDER BY name")
@@ -116,6 +116,10 @@ async fn migrations_apply_in_order_and_reapplying_is_a_noop() {
             "alerts",
             "flow_edges_1m",
             "flow_edges_1m_mv",
+            "flow_edges_1m_settled",
+            "flow_minutes",
+            "flow_minutes_mv",
+            "flow_minutes_settled",
             "flows",
             "flows_denied",
             "flows_denied_mv",
@@ -127,7 +131,7 @@ async fn migrations_apply_in_order_and_reapplying_is_a_noop() {
         "SELECT count() FROM periscope_m.schema_migrations WHERE dialect = 'legacy'",
     )
     .await;
-    assert_eq!(recorded, 5);
+    assert_eq!(recorded, 6);
 
     // A migration cut short (tables there, not recorded) is finished by the next run.
     client
@@ -143,7 +147,7 @@ async fn migrations_apply_in_order_and_reapplying_is_a_noop() {
     let other = migrate(&client, &config("periscope_other", 7))
         .await
         .expect("other db");
-    assert_eq!(other.applied, vec![1, 2, 3, 4, 5]);
+    assert_eq!(other.applied, vec![1, 2, 3, 4, 5, 6]);
 }
 
 async fn wait_for_mutations(client: &Client, database: &str) {
@@ -357,6 +361,52 @@ async fn shipped_queries_answer_exactly_on_seeded_flows_with_replays() {
     for case in &cases {
         run_case(&queries, case).await;
     }
+
+    // Settled minutes (0006) answer the same; then replayed copies arrive late (the minutes they
+    // touch read from the uuid sets again) and are settled in turn: still the same.
+    let settled = settle_all(&queries).await;
+    assert!(!settled.is_empty(), "the seed's minutes are settled");
+    for case in &cases {
+        run_case(&queries, case).await;
+    }
+    insert(&client, &cfg.database, &replay).await;
+    for case in &cases {
+        run_case(&queries, case).await;
+    }
+    assert!(
+        !settle_all(&queries).await.is_empty(),
+        "late copies unsettle"
+    );
+    for case in &cases {
+        run_case(&queries, case).await;
+    }
+}
+
+/// The sort key of `service_map_edges` after the count.
+fn edge_key(
+    e: &periscope_storage::queries::ServiceMapEdge,
+) -> (&str, &str, &str, &str, &str, u32, &str, &str) {
+    (
+        &e.cluster,
+        &e.source_namespace,
+        &e.source,
+        &e.destination_namespace,
+        &e.destination,
+        e.destination_port,
+        &e.protocol,
+        &e.verdict,
+    )
+}
+
+/// Settles every minute whose writes are done: waits past the second of the last write (a
+/// minute is settled once its latest write is in an earlier second), settles, and checks
+/// nothing is left to settle.
+async fn settle_all(queries: &Queries) -> Vec<periscope_storage::queries::SettleCandidate> {
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let settled = queries.settle(0, 100_000).await.expect("settling");
+    let again = queries.settle(0, 100_000).await.expect("settling again");
+    assert_eq!(again, [], "settling twice");
+    settled
 }
 
 /// Runs statements in order, panicking with the one that failed.
@@ -404,7 +454,7 @@ async fn the_map_counts_one_observation_per_packet_from_0005_on() {
     insert(&client, &cfg.database, &scenario.before).await;
 
     let report = migrate(&client, &cfg).await.expect("migrate");
-    assert_eq!(report.applied, vec![5]);
+    assert_eq!(report.applied, vec![5, 6]);
     assert_eq!(report.already_applied, vec![1, 2, 3, 4]);
     // A run cut short after 0005's statements runs them again: same view.
     let m5 = MIGRATIONS.iter().find(|m| m.version == 5).expect("0005");
@@ -438,6 +488,111 @@ async fn the_map_counts_one_observation_per_packet_from_0005_on() {
         .await
         .expect("merging");
     check("after merges").await;
+    // The minute after 0006 settles (the one before has no flow_minutes row and keeps reading
+    // from the uuid sets); the answers stay.
+    assert_eq!(settle_all(&queries).await.len(), 1);
+    check("settled").await;
+}
+
+/// Settled minutes (0006) stay exact: rows of a run cut short before its marker, of a run at
+/// an earlier write, and of a second relay's run at the same write are not counted; a flow
+/// arriving after the minute was settled counts at once and then in the next settling.
+#[tokio::test]
+async fn settled_minutes_stay_exact() {
+    let server = start();
+    let client = server.client();
+    let cfg = config("periscope_s", 7);
+    migrate(&client, &cfg).await.expect("migrate");
+    let t0 = common::base_time_ns();
+    let scenario = common::edge_rule(t0);
+    insert(&client, &cfg.database, &scenario.after).await;
+    insert(&client, &cfg.database, &scenario.after).await;
+    let queries = Queries::new(&client, &cfg.database, Dialect::Legacy).expect("queries");
+    let (_, window, want) = scenario
+        .windows
+        .iter()
+        .find(|(id, ..)| id == "edge_rule_after")
+        .expect("the minute after 0005")
+        .clone();
+    let answer = || async {
+        queries
+            .service_map_edges(window, 100)
+            .await
+            .expect("service_map_edges")
+    };
+    assert_eq!(answer().await, want, "unsettled");
+    let settled = settle_all(&queries).await;
+    assert_eq!(settled.len(), 1);
+    let minute = &settled[0];
+    assert_eq!(answer().await, want, "settled");
+
+    // Competing rows: copies of the run's rows, inflated, under other run ids.
+    let run_id = scalar_u64(
+        &client,
+        "SELECT any(settle_id) FROM periscope_s.flow_edges_1m_settled",
+    )
+    .await;
+    assert!(run_id > 1, "a random run id: {run_id}");
+    let copy = |settle_id: u64, times: u64| {
+        format!(
+            "INSERT INTO periscope_s.flow_edges_1m_settled SELECT minute, cluster, {settle_id}, \
+             source_namespace, source, destination_namespace, destination, destination_port, \
+             protocol, verdict, flows * {times}, first_seen_ns, last_seen_ns \
+             FROM periscope_s.flow_edges_1m_settled WHERE settle_id = {run_id}"
+        )
+    };
+    let mark = |written_s: u32, settle_id: u64| {
+        format!(
+            "INSERT INTO periscope_s.flow_minutes_settled VALUES \
+             ({}, '{}', {written_s}, {settle_id})",
+            minute.minute_s, minute.cluster
+        )
+    };
+    let (low, high) = (run_id - 1, run_id + 1);
+    for statement in [
+        // Cut short: rows, no marker. Higher id than the real run.
+        copy(high + 1, 100),
+        // A run at an earlier write (superseded), higher id too.
+        copy(high + 2, 1000),
+        mark(minute.written_s - 1, high + 2),
+        // A second relay's complete run at the same write, lower id: its rows are right too,
+        // but only one run is read.
+        copy(low, 1),
+        mark(minute.written_s, low),
+    ] {
+        run_all(&client, &[statement]).await;
+    }
+    assert_eq!(answer().await, want, "only the latest complete run is read");
+
+    // A late flow: one more packet frontend → api, forwarded at api's ingress.
+    let mut late = scenario
+        .after
+        .iter()
+        .find(|r| r.uuid.ends_with("ingress-fwd-1"))
+        .expect("ingress-fwd-1")
+        .clone();
+    late.uuid = "late-ingress-fwd".into();
+    late.time_ns += 30 * SEC;
+    insert(&client, &cfg.database, &[late.clone()]).await;
+    let mut grown = want.clone();
+    let edge = grown
+        .iter_mut()
+        .find(|e| e.source == "frontend" && e.destination == "api" && e.verdict == "FORWARDED")
+        .expect("the frontend → api edge");
+    edge.flows += 1;
+    edge.last_seen_ns = late.time_ns;
+    grown.sort_by(|a, b| {
+        b.flows
+            .cmp(&a.flows)
+            .then_with(|| edge_key(a).cmp(&edge_key(b)))
+    });
+    assert_eq!(
+        answer().await,
+        grown,
+        "a late flow counts before the minute is settled again"
+    );
+    assert_eq!(settle_all(&queries).await.len(), 1);
+    assert_eq!(answer().await, grown, "and after");
 }
 
 #[tokio::test]
@@ -521,8 +676,17 @@ async fn retention_drops_expired_day_partitions() {
         rows.push(FlowRow::from_flow(&f, "c1"));
     }
     insert(&client, &cfg.database, &rows).await;
+    let queries = Queries::new(&client, &cfg.database, Dialect::Legacy).expect("queries");
+    assert_eq!(settle_all(&queries).await.len(), 4);
     // The full flow is denied and L3/L4: every retained table got rows of all four days.
-    for table in ["flows", "flows_denied", "flow_edges_1m"] {
+    for table in [
+        "flows",
+        "flows_denied",
+        "flow_edges_1m",
+        "flow_minutes",
+        "flow_edges_1m_settled",
+        "flow_minutes_settled",
+    ] {
         let parts = scalar_u64(
             &client,
             &format!("SELECT uniqExact(partition_id) FROM system.parts WHERE database = 'periscope_r' AND table = '{table}' AND active"),
@@ -534,7 +698,7 @@ async fn retention_drops_expired_day_partitions() {
     let report = apply_retention(&client, &cfg, Dialect::Legacy)
         .await
         .expect("retention");
-    assert_eq!(report.dropped_partitions.len(), 6, "{report:?}");
+    assert_eq!(report.dropped_partitions.len(), 12, "{report:?}");
     let mut uuids: Vec<String> = client
         .query_raw("SELECT uuid FROM periscope_r.flows ORDER BY uuid")
         .fetch_all()

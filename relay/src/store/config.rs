@@ -79,6 +79,8 @@ impl PasswordSource {
 /// spool_dir: /var/lib/periscope/spool
 /// spool_max_bytes: 1073741824
 /// retention_days: 7
+/// settle_quiet: 1m
+/// settle_every: 30s
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -129,6 +131,16 @@ pub struct StoreConfig {
     /// partitions (at start and hourly) on 18.16. Default 7.
     #[serde(default = "defaults::retention_days")]
     pub retention_days: u32,
+    /// A minute of the service map is settled (its edges' exact counts written down as plain
+    /// numbers, which map queries read fast; see `store::settle`) once it has had no writes for
+    /// this long. It must exceed the time a write takes on the server, so keep it well above the
+    /// insert latency in production. Default `1m`.
+    #[serde(default = "defaults::settle_quiet", with = "duration")]
+    pub settle_quiet: Duration,
+    /// How often the relay looks for minutes to settle (500 at most per round, newest first).
+    /// Default `30s`.
+    #[serde(default = "defaults::settle_every", with = "duration")]
+    pub settle_every: Duration,
 }
 
 mod defaults {
@@ -154,6 +166,12 @@ mod defaults {
         Duration::from_secs(2)
     }
     pub fn timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn settle_quiet() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn settle_every() -> Duration {
         Duration::from_secs(30)
     }
     pub fn queue_flows() -> usize {
@@ -199,6 +217,8 @@ impl StoreConfig {
             spool_dir: defaults::spool_dir(),
             spool_max_bytes: defaults::spool_max_bytes(),
             retention_days: defaults::retention_days(),
+            settle_quiet: defaults::settle_quiet(),
+            settle_every: defaults::settle_every(),
         }
     }
 
@@ -236,6 +256,12 @@ impl StoreConfig {
         }
         if self.queue_flows == 0 {
             return bad("queue_flows", "must be at least 1");
+        }
+        if self.settle_every.is_zero() {
+            return bad("settle_every", "must be longer than zero");
+        }
+        if u32::try_from(self.settle_quiet.as_secs()).is_err() {
+            return bad("settle_quiet", "must be shorter than 136 years");
         }
         if let Some(p) = &self.password
             && p.file.is_some() == p.env.is_some()

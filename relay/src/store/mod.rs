@@ -46,6 +46,7 @@
 pub mod bench;
 pub mod config;
 pub mod history;
+pub mod settle;
 pub mod spool;
 pub mod writer;
 

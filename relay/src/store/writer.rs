@@ -87,6 +87,8 @@ pub struct WriterStats {
     pub dropped_rejected: u64,
     /// Spool records that could not be read back (torn or corrupt); each held one flow.
     pub spool_corrupt_records: u64,
+    /// Minutes of the service map settled ([`super::settle`]).
+    pub settled_minutes: u64,
     /// Failed writes, commits and replays.
     pub insert_errors: u64,
     /// Flows waiting in the queues now.
@@ -116,7 +118,7 @@ impl WriterStats {
 }
 
 #[derive(Default)]
-struct Stats {
+pub(crate) struct Stats {
     received: AtomicU64,
     rows_written: AtomicU64,
     batches: AtomicU64,
@@ -129,10 +131,11 @@ struct Stats {
     dropped_rejected: AtomicU64,
     spool_corrupt_records: AtomicU64,
     insert_errors: AtomicU64,
+    pub(crate) settled_minutes: AtomicU64,
     spool_bytes: AtomicU64,
     spool_segments: AtomicU64,
-    healthy: AtomicBool,
-    schema_ready: AtomicBool,
+    pub(crate) healthy: AtomicBool,
+    pub(crate) schema_ready: AtomicBool,
     last_error: Mutex<Option<String>>,
 }
 
@@ -141,8 +144,8 @@ fn add(counter: &AtomicU64, n: impl TryInto<u64>) {
 }
 
 /// State shared by the handles and the tasks.
-struct Shared {
-    stats: Stats,
+pub(crate) struct Shared {
+    pub(crate) stats: Stats,
     /// Flows in the public queue.
     queued: AtomicUsize,
     /// Flows in the worker's queue.
@@ -328,6 +331,7 @@ impl WriterHandle {
             dropped_rejected: l(&s.dropped_rejected),
             spool_corrupt_records: l(&s.spool_corrupt_records),
             insert_errors: l(&s.insert_errors),
+            settled_minutes: l(&s.settled_minutes),
             queued: (self.shared.queued.load(Relaxed) + self.shared.worker_queued.load(Relaxed))
                 as u64,
             spool_bytes: l(&s.spool_bytes),
@@ -348,6 +352,7 @@ pub struct Writer {
     handle: WriterHandle,
     intake: JoinHandle<()>,
     worker: JoinHandle<()>,
+    settler: JoinHandle<()>,
 }
 
 impl Writer {
@@ -384,6 +389,11 @@ impl Writer {
             }
             .run(),
         );
+        let settler = tokio::spawn(super::settle::run(
+            base.clone(),
+            cfg.clone(),
+            shared.clone(),
+        ));
         let worker = tokio::spawn(
             Worker {
                 client: base.clone().with_database(&cfg.database),
@@ -407,6 +417,7 @@ impl Writer {
             handle: WriterHandle { tx, shared },
             intake,
             worker,
+            settler,
         })
     }
 
@@ -441,6 +452,9 @@ impl Writer {
         }
         let _ = self.intake.await;
         let _ = self.worker.await;
+        // A round cut short leaves rows that are never read (see settle).
+        self.settler.abort();
+        let _ = self.settler.await;
         tracing::info!("store writer stopped");
         self.handle.stats()
     }
