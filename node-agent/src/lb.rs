@@ -106,7 +106,8 @@ pub struct Service {
 pub struct Backend {
     /// Address and port.
     pub addr: SocketAddr,
-    /// Maglev weight (0: no new connections).
+    /// Weight: the backend's share of new connections, for Maglev and random selection alike
+    /// (0: no new connections).
     pub weight: u16,
     /// Terminating: no new connections, established ones go on.
     pub terminating: bool,
@@ -300,8 +301,39 @@ fn open_hash<K: aya::Pod, V: aya::Pod>(
 struct Applied {
     value: LbService,
     slots: u32,
+    /// Hash of the slots' backend ids.
+    slot_ids: u64,
     /// Hash of the Maglev table (tables are large: 64 KiB per frontend at the default size).
     table: u64,
+}
+
+/// Slots per frontend at most that weights may add for random selection (beyond one per
+/// backend): a backend's share of the slots is its weight's share, rounded, at least one slot.
+pub const MAX_WEIGHTED_SLOTS: usize = 256;
+
+/// The slots of random selection: `(backend id, weight)` of the active backends, each backend
+/// taking a number of slots proportional to its weight (weights divided by their greatest
+/// common divisor; scaled down to about [`MAX_WEIGHTED_SLOTS`] when they add up to more, every
+/// backend keeping at least one slot). Equal weights give one slot per backend.
+pub fn weighted_slots(active: &[(u32, u16)]) -> Vec<u32> {
+    fn gcd(a: u64, b: u64) -> u64 {
+        if b == 0 { a } else { gcd(b, a % b) }
+    }
+    let weights: Vec<u64> = active.iter().map(|(_, w)| u64::from((*w).max(1))).collect();
+    let g = weights.iter().copied().fold(0, gcd).max(1);
+    let reduced: Vec<u64> = weights.iter().map(|w| w / g).collect();
+    let sum: u64 = reduced.iter().sum();
+    let cap = (MAX_WEIGHTED_SLOTS as u64).max(active.len() as u64);
+    let mut out = Vec::new();
+    for ((id, _), w) in active.iter().zip(&reduced) {
+        let n = if sum <= cap {
+            *w
+        } else {
+            ((w * cap + sum / 2) / sum).max(1)
+        };
+        out.extend(std::iter::repeat_n(*id, n as usize));
+    }
+    out
 }
 
 fn table_hash(t: &[u32]) -> u64 {
@@ -516,9 +548,22 @@ impl Lb {
             } else {
                 Vec::new()
             };
+            // Random selection picks a slot: weighted. Maglev's table carries the weights; its
+            // slots are one per backend.
+            let slot_ids: Vec<u32> = if maglev {
+                active.iter().map(|(id, _, _)| *id).collect()
+            } else {
+                weighted_slots(
+                    &active
+                        .iter()
+                        .map(|(id, _, w)| (*id, *w))
+                        .collect::<Vec<_>>(),
+                )
+            };
+            let slots_hash = table_hash(&slot_ids);
             let mut value = LbService {
                 rev_nat,
-                count: active.len().min(u16::MAX as usize) as u16,
+                count: slot_ids.len().min(u16::MAX as usize) as u16,
                 flags: if maglev { LB_SVC_F_MAGLEV } else { 0 },
                 generation: 0,
                 pad: 0,
@@ -543,13 +588,16 @@ impl Lb {
             };
             let slots_before = before.as_ref().map_or(0, |a| a.slots);
             let unchanged = before.as_ref().is_some_and(|a| {
-                a.value == value && a.table == thash && a.slots == active.len() as u32
+                a.value == value
+                    && a.table == thash
+                    && a.slots == slot_ids.len() as u32
+                    && a.slot_ids == slots_hash
             });
             if unchanged {
                 continue;
             }
             summary.changed += 1;
-            for (i, (id, _, _)) in active.iter().enumerate() {
+            for (i, id) in slot_ids.iter().enumerate() {
                 let k = LbSlotKey {
                     rev_nat,
                     pad: 0,
@@ -579,7 +627,8 @@ impl Lb {
                 .insert(key, value, 0)
                 .map_err(map_err(names::LB_SERVICES, "insert"))?;
             // Now unused: slots past the count, the other generation's table.
-            for slot in active.len() as u32 + 1..=slots_before.max(active.len() as u32) {
+            let count = slot_ids.len() as u32;
+            for slot in count + 1..=slots_before.max(count) {
                 let _ = self.slots.remove(&LbSlotKey {
                     rev_nat,
                     pad: 0,
@@ -596,7 +645,8 @@ impl Lb {
                 rev_nat,
                 Applied {
                     value,
-                    slots: active.len() as u32,
+                    slots: slot_ids.len() as u32,
+                    slot_ids: slots_hash,
                     table: thash,
                 },
             );
@@ -741,6 +791,29 @@ mod tests {
         assert!(check_table_size(16384).is_err());
         assert!(check_table_size(1).is_err());
         assert!(check_table_size(262_139).is_err());
+    }
+
+    #[test]
+    fn random_slots_follow_the_weights() {
+        let count = |slots: &[u32], id: u32| slots.iter().filter(|s| **s == id).count();
+        // Equal weights: one slot each, in order.
+        assert_eq!(weighted_slots(&[(7, 1), (9, 1), (4, 1)]), [7, 9, 4]);
+        assert_eq!(weighted_slots(&[(7, 5), (9, 5)]), [7, 9]);
+        // 1:3, and 2:6 reduced to it.
+        for w in [(1, 3), (2, 6)] {
+            let s = weighted_slots(&[(1, w.0), (2, w.1)]);
+            assert_eq!((count(&s, 1), count(&s, 2)), (1, 3), "{w:?}");
+        }
+        // Weights adding up to more than the cap: scaled, every backend keeps a slot.
+        let s = weighted_slots(&[(1, 1000), (2, 3000), (3, 1)]);
+        assert!(s.len() <= MAX_WEIGHTED_SLOTS + 1, "{}", s.len());
+        assert_eq!(count(&s, 3), 1);
+        let ratio = count(&s, 2) as f64 / count(&s, 1) as f64;
+        assert!((ratio - 3.0).abs() < 0.05, "{ratio}");
+        // Many backends of equal weight: one slot each, beyond the cap.
+        let many: Vec<(u32, u16)> = (0..1000).map(|i| (i, 1)).collect();
+        assert_eq!(weighted_slots(&many).len(), 1000);
+        assert!(weighted_slots(&[]).is_empty());
     }
 
     #[test]

@@ -85,9 +85,40 @@ impl Counters {
     }
 }
 
+/// The services the load balancer translates: each with its frontends (`address:port/PROTO`)
+/// and backends (address, weight, `active` or `terminating`; weight 0 takes no new
+/// connections either).
+fn services(state: &State) -> Vec<serde_json::Value> {
+    state
+        .lb_services
+        .iter()
+        .map(|svc| {
+            json!({
+                "namespace": svc.namespace,
+                "name": svc.name,
+                "frontends": svc.frontends.iter().map(|(ip, port, proto)| {
+                    let proto = match *proto {
+                        6 => "TCP".to_string(),
+                        17 => "UDP".to_string(),
+                        132 => "SCTP".to_string(),
+                        p => p.to_string(),
+                    };
+                    format!("{}/{proto}", std::net::SocketAddr::new(*ip, *port))
+                }).collect::<Vec<_>>(),
+                "backends": svc.backends.iter().map(|b| json!({
+                    "address": b.addr.to_string(),
+                    "weight": b.weight,
+                    "state": if b.terminating { "terminating" } else { "active" },
+                })).collect::<Vec<_>>(),
+                "affinity_timeout_s": svc.affinity_timeout_s,
+            })
+        })
+        .collect()
+}
+
 /// Writes the status: revision of the applied state, rejected inputs and the last error,
 /// endpoints with their identities and enforcement, policies, warnings (unsupported policy
-/// features, named ports no endpoint defines) and counters.
+/// features, named ports no endpoint defines), services and counters.
 pub fn write(
     dir: &Path,
     state: &State,
@@ -135,6 +166,7 @@ pub fn write(
         })).collect::<Vec<_>>(),
         "warnings": warnings,
         "counters": counters,
+        "services": services(state),
         "identities": state.identities.iter().map(|(id, l)| json!({
             "id": id, "labels": l.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),

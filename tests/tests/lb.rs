@@ -51,6 +51,11 @@ services:
     sessionAffinityTimeoutSeconds: 600
     ports: [{port: 80, targetPort: 8080}]
     backends: [{ip: 10.211.1.1}, {ip: 10.211.1.2}, {ip: 10.211.1.3}, {ip: 10.211.1.4}]
+  - name: weighted
+    namespace: shop
+    clusterIP: 10.96.0.13
+    ports: [{port: 80, targetPort: 8080}]
+    backends: [{ip: 10.211.1.1, weight: 1}, {ip: 10.211.1.2, weight: 3}]
 "#;
 
 const T: Duration = Duration::from_secs(2);
@@ -312,13 +317,54 @@ fn session_affinity_keeps_a_client_on_one_backend() {
 }
 
 #[test]
-fn random_selection_spreads_too() {
+fn random_selection_spreads_too_and_follows_weights() {
     let tb = testbed();
-    let _agent = Agent::start(&tb, "n1", "", &["--lb-algorithm", "random"]);
+    let agent = Agent::start(&tb, "n1", "", &["--lb-algorithm", "random"]);
     let servers = Servers::start(&tb);
+    // status.json shows the services with their frontends and backends.
+    let status = agent.status();
+    let weighted = status["services"]
+        .as_array()
+        .expect("services in status.json")
+        .iter()
+        .find(|s| s["name"] == "weighted")
+        .unwrap_or_else(|| panic!("the weighted service in {:#}", status["services"]));
+    assert_eq!(weighted["namespace"], "shop");
+    assert_eq!(
+        weighted["frontends"],
+        serde_json::json!(["10.96.0.13:80/TCP"])
+    );
+    assert_eq!(
+        weighted["backends"],
+        serde_json::json!([
+            {"address": "10.211.1.1:8080", "weight": 1, "state": "active"},
+            {"address": "10.211.1.2:8080", "weight": 3, "state": "active"},
+        ])
+    );
     let before = servers.accepted();
     connections(tb.pod("client"), sock(VIP4, 80), 400);
     assert_spread(&deltas(&servers.accepted(), &before), 400, "random");
+
+    // Weights 1:3 over be-1 and be-2: their shares a quarter and three quarters of the
+    // connections (binomial, ± 4.5 standard deviations), none elsewhere.
+    let before = servers.accepted();
+    connections(tb.pod("client"), sock("10.96.0.13", 80), 400);
+    let d = deltas(&servers.accepted(), &before);
+    let sd = (400.0f64 * 0.25 * 0.75).sqrt();
+    assert_eq!(
+        d.iter().sum::<usize>(),
+        400,
+        "weighted: every connection served: {d:?}"
+    );
+    assert_eq!(
+        &d[2..],
+        [0, 0],
+        "weighted: only the service's backends: {d:?}"
+    );
+    assert!(
+        (d[0] as f64 - 100.0).abs() <= 4.5 * sd && (d[1] as f64 - 300.0).abs() <= 4.5 * sd,
+        "weighted: shares {d:?}, expected about 100 and 300"
+    );
 }
 
 fn with_backends(tb: &Testbed, backends: &[(&str, &str)]) -> Topology {
