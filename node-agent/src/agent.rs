@@ -180,6 +180,9 @@ pub struct State {
     pub services: BTreeMap<IpAddr, (String, String)>,
     /// Services with their frontends and backends, from the metadata sources.
     pub service_details: BTreeMap<(String, String), ServiceInfo>,
+    /// Services of the topology file as SERVICE_* events describe them (the metadata sources'
+    /// are in `service_details`).
+    pub topology_services: BTreeMap<(String, String), ServiceInfo>,
     /// Load-balanced service ports (topology file, then the metadata sources).
     pub lb_services: Vec<crate::lb::Service>,
     /// Service frontends by reverse-NAT index, as the datapath numbers them (filled by the
@@ -391,6 +394,7 @@ impl State {
             revision: 0,
             services: remote.services.clone(),
             service_details: remote.service_details.clone(),
+            topology_services: crate::lb::topology_service_info(topology),
             lb_services: crate::lb::from_topology(topology)
                 .into_iter()
                 .chain(crate::lb::from_service_info(&remote.service_details))

@@ -16,9 +16,10 @@
 //!   (`ipcache_update`: prefix, identity, the old identity when it changed, namespace and pod name
 //!   of endpoint addresses);
 //! - SERVICE_UPSERTED / SERVICE_DELETED for each service frontend (address, port, protocol) added
-//!   or changed / removed, for the services a metadata source describes (Kubernetes Services and
-//!   EndpointSlices): `service_upsert` with the frontend, its ready backends, the frontend type
-//!   (`ClusterIP`, `ExternalIPs`, `LoadBalancer`), name, namespace and traffic policies;
+//!   or changed / removed, for the services of the topology file and of the metadata sources
+//!   (Kubernetes Services and EndpointSlices): `service_upsert` with the frontend, its ready
+//!   backends, the frontend type (`ClusterIP`, `ExternalIPs`, `NodePort`, `LoadBalancer`), name,
+//!   namespace and traffic policies;
 //!   `service_delete` with the id. A frontend's id is a hash of namespace, name, address, port
 //!   and protocol, so it is the same in its upserts and its deletion, across agent restarts.
 //!
@@ -257,7 +258,9 @@ fn service_id(key: &FrontendKey<'_>) -> u32 {
 /// The SERVICE_UPSERTED notification of every frontend of a state's services.
 fn services_of(st: &State) -> BTreeMap<FrontendKey<'_>, ServiceUpsertNotification> {
     let mut out = BTreeMap::new();
-    for ((ns, name), info) in &st.service_details {
+    // The topology file's services, then the metadata sources' (which win for a frontend both
+    // describe).
+    for ((ns, name), info) in st.topology_services.iter().chain(&st.service_details) {
         for f in &info.frontends {
             let key = (
                 ns.as_str(),
@@ -666,6 +669,77 @@ specs:
                 ]),
             "{deleted:?}"
         );
+    }
+
+    #[test]
+    fn topology_services_have_their_events_too() {
+        let with_service = format!(
+            "{TOPO}services:
+  - name: api
+    namespace: shop
+    clusterIP: 10.96.0.10
+    ports: [{{name: http, port: 80, targetPort: 8080, nodePort: 30080}}]
+    backends: [{{ip: 10.0.1.1}}, {{ip: 10.0.0.1, state: terminating}}]
+"
+        );
+        let topo = with_service.replace(
+            "nodes: [{name: n1}, {name: n2}]",
+            "nodes: [{name: n1, ips: [192.168.1.1]}, {name: n2}]",
+        );
+        let bare = state(
+            &TOPO.replace(
+                "nodes: [{name: n1}, {name: n2}]",
+                "nodes: [{name: n1, ips: [192.168.1.1]}, {name: n2}]",
+            ),
+            "",
+            1,
+        );
+        let with = state(&topo, "", 2);
+        let upserts: Vec<ServiceUpsertNotification> = diff(&bare, &with)
+            .into_iter()
+            .filter_map(|e| match e.notification {
+                Some(Notification::ServiceUpsert(n)) => Some(n),
+                _ => None,
+            })
+            .collect();
+        let kinds: Vec<(&str, String, u32)> = upserts
+            .iter()
+            .map(|n| {
+                let f = n.frontend_address.as_ref().expect("frontend");
+                (n.r#type.as_str(), f.ip.clone(), f.port)
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("ClusterIP", "10.96.0.10".to_string(), 80),
+                ("NodePort", "192.168.1.1".to_string(), 30080)
+            ]
+        );
+        for n in &upserts {
+            assert_eq!((n.namespace.as_str(), n.name.as_str()), ("shop", "api"));
+            // The terminating backend is not ready.
+            assert_eq!(
+                n.backend_addresses,
+                [ServiceUpsertNotificationAddr {
+                    ip: "10.0.1.1".into(),
+                    port: 8080
+                }]
+            );
+        }
+        // The service goes away: its frontends are deleted by the same ids.
+        let deleted: Vec<u32> = diff(&with, &bare)
+            .into_iter()
+            .filter_map(|e| match e.notification {
+                Some(Notification::ServiceDelete(d)) => Some(d.id),
+                _ => None,
+            })
+            .collect();
+        let mut ids: Vec<u32> = upserts.iter().map(|n| n.id).collect();
+        ids.sort();
+        let mut deleted = deleted;
+        deleted.sort();
+        assert_eq!(deleted, ids);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use periscope_datapath_common::{
 use periscope_topology::{BackendState, Topology};
 
 use crate::agent::addr16;
-use crate::sources::ServiceInfo;
+use crate::sources::{Frontend, ServiceInfo};
 
 /// How new connections pick a backend (`--lb-algorithm`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -140,6 +140,56 @@ pub fn from_topology(t: &Topology) -> Vec<Service> {
                 affinity_timeout_s: s.session_affinity_timeout_seconds,
             });
         }
+    }
+    out
+}
+
+/// The services of a topology file as the agent's SERVICE_* events describe them: every
+/// frontend (cluster IPs, external IPs, node ports on every node address) with its kind, and the
+/// active backends of each port (port names are the port's index when it has no name).
+pub fn topology_service_info(t: &Topology) -> BTreeMap<(String, String), ServiceInfo> {
+    let mut out = BTreeMap::new();
+    for s in &t.services {
+        let port_name = |i: usize| {
+            s.ports[i]
+                .name
+                .clone()
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| i.to_string())
+        };
+        let frontends = s
+            .frontends(&t.nodes)
+            .into_iter()
+            .map(|(ip, port, proto, kind, i)| Frontend {
+                ip,
+                port,
+                protocol: if proto == 17 { "UDP" } else { "TCP" }.into(),
+                port_name: port_name(i),
+                kind: kind.into(),
+            })
+            .collect();
+        let backends = (0..s.ports.len())
+            .map(|i| {
+                let target = s.ports[i].target_port.unwrap_or(s.ports[i].port);
+                let ready = s
+                    .backends
+                    .iter()
+                    .filter(|b| b.state != BackendState::Terminating && b.weight > 0)
+                    .map(|b| (b.ip, b.port.unwrap_or(target)))
+                    .collect();
+                (port_name(i), ready)
+            })
+            .collect();
+        out.insert(
+            (s.namespace.clone(), s.name.clone()),
+            ServiceInfo {
+                ext_traffic_policy: "Cluster".into(),
+                int_traffic_policy: "Cluster".into(),
+                frontends,
+                backends,
+                affinity_timeout_s: s.session_affinity_timeout_seconds,
+            },
+        );
     }
     out
 }
