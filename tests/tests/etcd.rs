@@ -1,6 +1,8 @@
 //! The etcd metadata source against a real etcd server (Debian's etcd-server): endpoints written
 //! in Cilium's kvstore layout are enforced and named within a second; an etcd outage changes
-//! nothing; the agent recovers without a restart. Needs root (run through `cargo xtask test`).
+//! nothing; the agent recovers without a restart; services written as Cilium's `ClusterService`
+//! entries are load balanced, follow their updates and go away with their key. Needs root (run
+//! through `cargo xtask test`).
 use std::time::{Duration, Instant};
 
 use periscope_testbed::agent::Agent;
@@ -136,4 +138,83 @@ fn etcd_endpoints_are_enforced_within_a_second_and_survive_an_outage() {
         "vm1 denied after its entry is deleted",
         || !traffic::tcp_probe(vm1, db.v4(5432), Duration::from_millis(100)).is_echoed(),
     );
+}
+
+const SVC_TOPO: &str = r#"
+cluster: cluster1
+nodes: [{name: n1}]
+pods:
+  - {name: client, namespace: shop, node: n1, labels: {app: client}, ips: [10.213.0.1]}
+  - {name: be-1, namespace: shop, node: n1, labels: {app: api}, ips: [10.213.1.1]}
+  - {name: be-2, namespace: shop, node: n1, labels: {app: api}, ips: [10.213.1.2]}
+"#;
+
+/// A `services/v1` entry (Cilium's `ClusterService`) for shop/api on 10.96.7.10:80 with
+/// `backends` on port 8080.
+fn cluster_service(backends: &[&str]) -> String {
+    let backends: Vec<String> = backends
+        .iter()
+        .map(|ip| format!(r#""{ip}":{{"http":{{"Protocol":"TCP","Port":8080}}}}"#))
+        .collect();
+    format!(
+        r#"{{"cluster":"cluster1","namespace":"shop","name":"api","frontends":{{"10.96.7.10":{{"http":{{"Protocol":"TCP","Port":80}}}}}},"backends":{{{}}},"labels":{{}},"selector":{{}},"includeExternal":true,"shared":true,"clusterID":1}}"#,
+        backends.join(",")
+    )
+}
+
+/// Services announced in etcd are load balanced by the datapath: connections to the frontend
+/// reach both backends and the client sees the frontend; a backend removed from the entry takes
+/// no new connections; the entry deleted, the frontend is gone.
+#[test]
+fn etcd_services_are_load_balanced() {
+    let etcd = Etcd::start();
+    let tb = Testbed::from_yaml(SVC_TOPO, TestbedOptions::default()).expect("test bed");
+    let client = tb.pod("shop/client");
+    let servers: Vec<TcpEchoServer> = ["shop/be-1", "shop/be-2"]
+        .iter()
+        .map(|p| TcpEchoServer::start(tb.pod(p), 8080))
+        .collect();
+    let _agent = Agent::start(&tb, "n1", "", &["--etcd-endpoints", &etcd.url]);
+    let vip: std::net::SocketAddr = "10.96.7.10:80".parse().unwrap();
+    let key = "cilium/state/services/v1/cluster1/shop/api";
+    let accepted = || servers.iter().map(|s| s.accepted()).collect::<Vec<_>>();
+    // `n` probes; the connections each backend accepted meanwhile.
+    let spread = |n: usize| {
+        let before = accepted();
+        for i in 0..n {
+            assert!(
+                traffic::tcp_probe(client, vip, T).is_echoed(),
+                "probe {i} via the service"
+            );
+        }
+        accepted()
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| a - b)
+            .collect::<Vec<_>>()
+    };
+
+    assert!(
+        !traffic::tcp_probe(client, vip, T).is_echoed(),
+        "no service yet"
+    );
+    etcd.put(key, &cluster_service(&["10.213.1.1", "10.213.1.2"]));
+    wait_until(Duration::from_secs(5), "the service from etcd", || {
+        traffic::tcp_probe(client, vip, T).is_echoed()
+    });
+    let d = spread(60);
+    assert!(d.iter().all(|n| *n > 0), "both backends serve: {d:?}");
+
+    // be-1 leaves the entry: new connections all go to be-2.
+    etcd.put(key, &cluster_service(&["10.213.1.2"]));
+    wait_until(Duration::from_secs(5), "be-1 no longer chosen", || {
+        spread(10)[0] == 0
+    });
+    assert_eq!(spread(30), [0, 30]);
+
+    // The entry deleted: the frontend is gone.
+    etcd.del(key);
+    wait_until(Duration::from_secs(5), "the frontend removed", || {
+        !traffic::tcp_probe(client, vip, T).is_echoed()
+    });
 }
