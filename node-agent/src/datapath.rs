@@ -7,6 +7,7 @@
 //! ep/<ifname>/policy_<objhash>      the endpoint's policy map (of the program version <objhash>)
 //! ep/<ifname>/from_container         pinned TCX link, host veth ingress (traffic out of the pod)
 //! ep/<ifname>/to_container           pinned TCX link, host veth egress (traffic into the pod)
+//! dev/<ifname>/from_netdev            pinned TCX link, node device ingress (`--nodeport-devices`)
 //! ```
 //!
 //! Everything the kernel needs to keep enforcing is pinned: when the agent stops (or is killed)
@@ -548,6 +549,89 @@ impl Datapath {
             policy,
             _links: links,
         })
+    }
+
+    /// Attaches the node-device program (`from_netdev`: service translation for clients
+    /// outside the node, see the datapath) at the ingress of each of `devices`, pinned at
+    /// `dev/<ifname>/from_netdev`; a link already pinned there (an earlier run) is updated in
+    /// place, atomically. Devices pinned before and no longer listed are detached.
+    pub fn sync_devices(&mut self, devices: &[String]) -> Result<()> {
+        let _ns = self.enter_netns()?;
+        let root = self.root.join("dev");
+        if let Ok(dir) = fs::read_dir(&root) {
+            for e in dir.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !devices.contains(&name) {
+                    // Unpinning the link (no fd holds it) detaches the program.
+                    let _ = fs::remove_dir_all(e.path());
+                    tracing::info!(device = %name, "detached node device");
+                }
+            }
+        }
+        if devices.is_empty() {
+            return Ok(());
+        }
+        let prog_name = names::PROG_FROM_NETDEV;
+        let mut ebpf: Ebpf = EbpfLoader::new()
+            .map_pin_path(&self.root)
+            .set_global(names::GLOBAL_ENDPOINT_ID, &0u32, true)
+            .load(self.object)
+            .map_err(|e| DatapathError::Load {
+                what: "node devices".into(),
+                source: Box::new(e),
+            })?;
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(prog_name)
+            .and_then(|p| p.try_into().ok())
+            .ok_or_else(|| DatapathError::Load {
+                what: "node devices".into(),
+                source: format!("program {prog_name} missing from object").into(),
+            })?;
+        prog.load().map_err(|e| DatapathError::Load {
+            what: "node devices".into(),
+            source: Box::new(e),
+        })?;
+        for device in devices {
+            let attach_err = |e: Box<dyn std::error::Error + Send + Sync>| DatapathError::Attach {
+                program: prog_name,
+                ifname: device.clone(),
+                source: e,
+            };
+            ifindex(device)?;
+            let dir = root.join(device);
+            fs::create_dir_all(&dir).map_err(|source| DatapathError::Fs {
+                op: "create",
+                path: dir.clone(),
+                source,
+            })?;
+            let pin = dir.join(prog_name);
+            let link_id = match PinnedLink::from_pin(&pin) {
+                Ok(old) => {
+                    let fd: FdLink = old.into();
+                    let link =
+                        SchedClassifierLink::try_from(fd).map_err(|e| attach_err(Box::new(e)))?;
+                    prog.attach_to_link(link)
+                        .map_err(|e| attach_err(Box::new(e)))?
+                }
+                Err(_) => prog
+                    .attach_with_options(
+                        device,
+                        TcAttachType::Ingress,
+                        TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )
+                    .map_err(|e| attach_err(Box::new(e)))?,
+            };
+            let link = prog
+                .take_link(link_id)
+                .map_err(|e| attach_err(Box::new(e)))?;
+            let fd: FdLink = link
+                .try_into()
+                .map_err(|e: aya::programs::links::LinkError| attach_err(Box::new(e)))?;
+            let _ = fs::remove_file(&pin);
+            fd.pin(&pin).map_err(|e| attach_err(Box::new(e)))?;
+            tracing::info!(device = %device, version = %self.version, "attached node device");
+        }
+        Ok(())
     }
 
     /// Detaches an endpoint's programs and removes its pins and map entry.

@@ -177,10 +177,17 @@ struct Args {
     /// Service load balancing: how a new connection to a service picks its backend. maglev:
     /// Maglev consistent hashing of the connection's source address and ports (Cilium's
     /// default; every node picks the same backend, and a backend change moves few
-    /// connections); random: uniformly among the active backends. Either way connection
-    /// tracking keeps a connection on its backend.
+    /// connections); random: at random among the active backends, in proportion to their
+    /// weights. Either way connection tracking keeps a connection on its backend.
     #[arg(long, default_value = "maglev")]
     lb_algorithm: periscope_agent::lb::Algorithm,
+    /// Node devices (interface names, comma-separated or repeated) on whose ingress clients
+    /// outside the node reach services: node ports on the node's addresses, external IPs and
+    /// cluster IPs are translated to a backend there, and the backend's replies translated back
+    /// (Cilium's `devices`). Typically the node's uplink, e.g. eth0. Default: none (services are
+    /// translated for the node's pods only).
+    #[arg(long, value_delimiter = ',')]
+    nodeport_devices: Vec<String>,
     /// Maglev lookup table size of every service frontend: a prime such as 251, 1021, 4093,
     /// 16381 (Cilium's default), 65521 or 131071. It should exceed 100 × the largest backend
     /// count; memory is 4 bytes per entry per frontend.
@@ -328,6 +335,7 @@ async fn run(
         ..DatapathConfig::default()
     };
     dp.set_config(&cfg)?;
+    dp.sync_devices(&args.nodeport_devices)?;
     // Metadata sources.
     let etcd_view = SharedView::default();
     let etcd_ids: etcd::SharedIdentities = Default::default();

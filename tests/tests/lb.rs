@@ -25,6 +25,8 @@ pods:
   - {name: be-2, namespace: shop, node: n1, labels: {app: api}, ips: [10.211.1.2, "fd00:211::1:2"]}
   - {name: be-3, namespace: shop, node: n1, labels: {app: api}, ips: [10.211.1.3, "fd00:211::1:3"]}
   - {name: be-4, namespace: shop, node: n1, labels: {app: api}, ips: [10.211.1.4, "fd00:211::1:4"]}
+  # A client outside the cluster, reaching the node through its own veth (a node device).
+  - {name: outside, node: n1, external: true, ips: [10.211.9.9]}
 services:
   - name: api
     namespace: shop
@@ -648,4 +650,42 @@ fn a_bad_service_is_rejected_and_the_old_table_stays() {
             20
         );
     }
+}
+
+/// Node ports from outside the node: with the client's interface as a node device
+/// (`--nodeport-devices`), connections to the node's address and node port reach the backends,
+/// the client sees the node port answer, and the flows at the backends name the service; without
+/// it, nothing answers there.
+#[test]
+fn node_ports_answer_clients_outside_the_node() {
+    let tb = testbed();
+    let outside = tb.pod("outside");
+    let servers = Servers::start(&tb);
+    let node_port = sock("192.168.77.1", 30080);
+    {
+        let _agent = Agent::start(&tb, "n1", "", &[]);
+        assert!(
+            !tcp_probe(outside, node_port, T).is_echoed(),
+            "no node device: the node port is not translated for outside clients"
+        );
+    }
+    let device = outside.host_ifname.clone();
+    let agent = Agent::start(&tb, "n1", "", &["--nodeport-devices", &device]);
+    let before = servers.accepted();
+    // Each connection checks that its peer is the node port (replies translated back).
+    connections(outside, node_port, 60);
+    let d = deltas(&servers.accepted(), &before);
+    assert_eq!(
+        d.iter().sum::<usize>(),
+        60,
+        "every connection served: {d:?}"
+    );
+    assert!(d.iter().all(|n| *n > 0), "spread over the backends: {d:?}");
+    let flows = agent.wait_flows(Duration::from_secs(5), "a flow from outside", |fl| {
+        fl.iter().any(|f| {
+            f.ip.as_ref().is_some_and(|ip| ip.source == "10.211.9.9")
+                && service_of(&f.destination_service) == "shop/api"
+        })
+    });
+    assert!(!flows.is_empty());
 }

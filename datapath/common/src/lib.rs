@@ -209,6 +209,9 @@ pub mod names {
     pub const PROG_FROM_CONTAINER: &str = "from_container";
     /// The program attached at the host side of a pod veth, tc egress: traffic entering the pod.
     pub const PROG_TO_CONTAINER: &str = "to_container";
+    /// Program at the ingress of a node device: service translation for clients outside the
+    /// node (node ports, external IPs).
+    pub const PROG_FROM_NETDEV: &str = "from_netdev";
     /// Hash: [`super::LbServiceKey`] (frontend) → [`super::LbService`].
     pub const LB_SERVICES: &str = "PSC_LB_SERVICES";
     /// Hash: [`super::LbSlotKey`] → backend id (u32), the active backends of a frontend.
@@ -450,6 +453,9 @@ pub const CT_F_SEEN_REPLY: u8 = 1 << 3;
 /// CT flag: the peer is an endpoint of this node. Under aggregation, packets of such a connection
 /// are reported once, where they are delivered (to-endpoint), not also where they leave.
 pub const CT_F_LOCAL_PEER: u8 = 1 << 4;
+/// CT flag: a connection from outside the node to a service frontend, translated at a node
+/// device (`from_netdev`): its replies are translated back where they leave the backend.
+pub const CT_F_NODEPORT: u8 = 1 << 5;
 
 /// Value of the connection-tracking map.
 #[repr(C)]

@@ -15,10 +15,10 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use periscope_datapath_common::{
-    CT_SCOPE_SERVICE, CtEntry, CtKey, LB_BACKEND_F_REMOVED, LB_BACKEND_F_TERMINATING,
-    LB_SVC_F_AFFINITY, LB_SVC_F_MAGLEV, LbAffinity, LbAffinityKey, LbBackend, LbMaglevChunk,
-    LbMaglevKey, LbRevNat, LbService, LbServiceKey, LbSlotKey, MAGLEV_CHUNK, MAGLEV_MAX_SIZE,
-    capacity, drop, family, proto, tcp, tuple_hash,
+    CT_F_NODEPORT, CT_SCOPE_EGRESS, CT_SCOPE_SERVICE, CtEntry, CtKey, LB_BACKEND_F_REMOVED,
+    LB_BACKEND_F_TERMINATING, LB_SVC_F_AFFINITY, LB_SVC_F_MAGLEV, LbAffinity, LbAffinityKey,
+    LbBackend, LbMaglevChunk, LbMaglevKey, LbRevNat, LbService, LbServiceKey, LbSlotKey,
+    MAGLEV_CHUNK, MAGLEV_MAX_SIZE, capacity, drop, family, proto, tcp, tuple_hash,
 };
 
 use crate::{CT, ETH_HLEN, Packet};
@@ -239,6 +239,60 @@ fn try_translate(ctx: &TcContext, pkt: &mut Packet, out: &mut Xlated, now: u64) 
     out.svc_ct = svc_ct;
     out.selected = selected;
     Ok(())
+}
+
+/// After [`translate`] at a node device (`from_netdev`): a new connection gets the egress-scope
+/// CT entry of its translated tuple (client → backend) with the frontend and `CT_F_NODEPORT`,
+/// for the backend's ingress to find; the service entry pinning the backend is kept alive by
+/// the connection's packets (no endpoint's connection tracking sees this side of it).
+#[inline(never)]
+pub(crate) fn from_outside(pkt: &Packet, xl: &Xlated) -> u32 {
+    let cfg = crate::config();
+    let now = crate::now_ns();
+    let lifetime = if pkt.proto == proto::TCP {
+        if xl.selected {
+            cfg.ct_syn_lifetime_ns
+        } else {
+            cfg.ct_tcp_lifetime_ns
+        }
+    } else {
+        cfg.ct_other_lifetime_ns
+    };
+    if !xl.selected {
+        // SAFETY: live map value found by `translate`.
+        unsafe { (*xl.svc_ct).expires_ns = now + lifetime };
+        return 0;
+    }
+    let key = CtKey {
+        saddr: pkt.saddr,
+        daddr: pkt.daddr,
+        sport: pkt.sport,
+        dport: pkt.dport,
+        proto: pkt.proto,
+        scope: CT_SCOPE_EGRESS,
+        family: pkt.family,
+        pad: 0,
+    };
+    let entry = CtEntry {
+        expires_ns: now + lifetime,
+        last_report_ns: now,
+        tx_packets: 0,
+        tx_bytes: 0,
+        rx_packets: 0,
+        rx_bytes: 0,
+        remote_identity: 0,
+        tx_flags_seen: 0,
+        rx_flags_seen: 0,
+        flags: CT_F_NODEPORT,
+        match_type: 0,
+        rule_id: 0,
+        ep_id: 0,
+        rev_nat: pkt.rev_nat,
+    };
+    match CT.insert(&key, &entry, BPF_ANY as u64) {
+        Ok(()) => 0,
+        Err(_) => drop::CT_MAP_INSERTION_FAILED as u32,
+    }
 }
 
 /// At an endpoint's ingress: a reply of a translated connection gets the frontend as its

@@ -33,13 +33,13 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use periscope_datapath_common::{
-    CAPTURE_MAX, CT_F_AUDIT, CT_F_CLOSING_RX, CT_F_CLOSING_TX, CT_F_LOCAL_PEER, CT_F_SEEN_REPLY,
-    CT_SCOPE_EGRESS, CT_SCOPE_INGRESS, CtEntry, CtKey, DNS_PORT, DatapathConfig, EP_F_AUDIT_EGRESS,
-    EP_F_AUDIT_INGRESS, EP_F_HAS_IPV4, EP_F_HAS_IPV6, EV_F_IPV6, EV_F_NEW, EV_F_REPLY,
-    EV_F_REPLY_KNOWN, EV_F_REPORT, EVENT_VERSION, EndpointInfo, FlowEvent, IDENTITY_UNKNOWN,
-    IDENTITY_WORLD, IPCACHE_F_LOCAL_ENDPOINT, IpcacheKey, IpcacheValue, MetricsValue,
-    POLICY_F_DENY, PolicyEntry, PolicyKey, aggregation, capacity, dir, drop, family, match_type,
-    metric, metrics_index, msg, obs, proto, tcp, verdict,
+    CAPTURE_MAX, CT_F_AUDIT, CT_F_CLOSING_RX, CT_F_CLOSING_TX, CT_F_LOCAL_PEER, CT_F_NODEPORT,
+    CT_F_SEEN_REPLY, CT_SCOPE_EGRESS, CT_SCOPE_INGRESS, CtEntry, CtKey, DNS_PORT, DatapathConfig,
+    EP_F_AUDIT_EGRESS, EP_F_AUDIT_INGRESS, EP_F_HAS_IPV4, EP_F_HAS_IPV6, EV_F_IPV6, EV_F_NEW,
+    EV_F_REPLY, EV_F_REPLY_KNOWN, EV_F_REPORT, EVENT_VERSION, EndpointInfo, FlowEvent,
+    IDENTITY_UNKNOWN, IDENTITY_WORLD, IPCACHE_F_LOCAL_ENDPOINT, IpcacheKey, IpcacheValue,
+    MetricsValue, POLICY_F_DENY, PolicyEntry, PolicyKey, aggregation, capacity, dir, drop, family,
+    match_type, metric, metrics_index, msg, obs, proto, tcp, verdict,
 };
 
 /// Endpoint id of this program instance, set by the loader.
@@ -111,6 +111,35 @@ pub fn from_container(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn to_container(ctx: TcContext) -> i32 {
     handle(&ctx, dir::INGRESS)
+}
+
+/// At the ingress of a node device (the agent's `--nodeport-devices`): a TCP/UDP packet from
+/// outside the node to a service frontend (a node port, an external IP, a cluster IP) is
+/// translated to a backend as at an endpoint's egress, pinned by the same service CT entry. A new
+/// connection also gets an egress-scope CT entry for its translated tuple, carrying the frontend
+/// and [`CT_F_NODEPORT`]: the backend's ingress finds it as it finds a local client's egress
+/// entry, and the backend's replies are translated back where they leave it. No policy here (the
+/// backend's ingress enforces it); anything else, unparsable packets included, passes untouched.
+#[classifier]
+pub fn from_netdev(ctx: TcContext) -> i32 {
+    let mut pkt = Packet::EMPTY;
+    if parse_into(&ctx, &mut pkt) != PARSED_IP {
+        return TC_ACT_OK;
+    }
+    let mut xl = lb::Xlated {
+        svc_ct: core::ptr::null_mut(),
+        selected: false,
+        reverse: 0,
+    };
+    let rc = lb::translate(&ctx, &mut pkt, &mut xl);
+    if rc != 0 {
+        let src = ipcache_of(pkt.family, &pkt.saddr).0;
+        return drop_packet(&ctx, Some(&pkt), dir::INGRESS, rc as u8, src, 0, 0, 0);
+    }
+    if !xl.svc_ct.is_null() {
+        lb::from_outside(&pkt, &xl);
+    }
+    TC_ACT_OK
 }
 
 /// What parsing decided before policy.
@@ -717,6 +746,8 @@ fn process(
 
     let mut state = CtState::New;
     let mut entry: *mut CtEntry = core::ptr::null_mut();
+    // CT_F_NODEPORT of a new connection into this endpoint translated at a node device.
+    let mut nodeport = 0u8;
     if let Some(e) = CT.get_ptr_mut(&*fwd) {
         // SAFETY: live map value.
         let (expired, closing) = unsafe {
@@ -749,7 +780,10 @@ fn process(
             fwd.scope = CT_SCOPE_EGRESS;
             if let Some(e) = CT.get_ptr_mut(&*fwd) {
                 // SAFETY: live map value.
-                pkt.rev_nat = unsafe { (*e).rev_nat };
+                unsafe {
+                    pkt.rev_nat = (*e).rev_nat;
+                    nodeport = (*e).flags & CT_F_NODEPORT;
+                }
             }
             fwd.scope = direction;
         }
@@ -761,6 +795,15 @@ fn process(
             // A reply to a connection this endpoint opened through a service: back to the
             // frontend's address and port (the event keeps the backend as the source).
             if state == CtState::Reply && direction == dir::INGRESS {
+                xl.reverse = rev_nat;
+            }
+            // A reply of a connection from outside the node (translated at a node device):
+            // back to the frontend where it leaves the backend.
+            // SAFETY: as above.
+            if state == CtState::Reply
+                && direction == dir::EGRESS
+                && unsafe { (*entry).flags } & CT_F_NODEPORT != 0
+            {
                 xl.reverse = rev_nat;
             }
         }
@@ -842,7 +885,8 @@ fn process(
                     CT_F_LOCAL_PEER
                 } else {
                     0
-                }),
+                })
+                | nodeport,
             match_type: d.match_type,
             rule_id: d.rule_id,
             ep_id: ep_id as u16,
