@@ -1,5 +1,7 @@
-//! `cargo xtask demo`: the demo topology on the network-namespace test bed, one agent per node,
-//! the demo policies, and traffic with allowed and denied connections.
+//! `cargo xtask demo`: the demo topology on the network-namespace test bed (two nodes, three
+//! namespaces, a load-balanced service), one agent per node, the demo policies, the relay
+//! merging both agents with the web UI and the example alert rules, and traffic with allowed
+//! and denied connections.
 //!
 //! Everything the demo makes lives under fixed names so `--down` can find it: test-bed id `demo`
 //! (namespaces `ptdemo-*`), pins under `/sys/fs/bpf/periscope/demo`, state and logs under
@@ -21,6 +23,20 @@ use periscope_topology::Topology;
 const DEMO_ID: &str = "demo";
 const RUN_DIR: &str = "/run/periscope-demo";
 const BPFFS_DIR: &str = "/sys/fs/bpf/periscope/demo";
+/// The relay's Observer API (the agents take 4244, 4246, …: every other port, skipping it).
+const RELAY_GRPC: &str = "127.0.0.1:4245";
+/// The relay's web UI and JSON API.
+const RELAY_HTTP: &str = "127.0.0.1:12000";
+/// The service the traffic goes through (deploy/demo/topology.yaml).
+const API_SERVICE: &str = "10.96.0.20:80";
+
+/// gRPC and metrics addresses of the agent of the `i`-th node.
+fn agent_addrs(i: usize) -> (String, String) {
+    (
+        format!("127.0.0.1:{}", 4244 + 2 * i),
+        format!("127.0.0.1:{}", 9965 + i),
+    )
+}
 
 /// Options of `cargo xtask demo`.
 #[derive(Debug, Args)]
@@ -44,6 +60,11 @@ pub struct DemoArgs {
     /// Skip setup and build (use the binaries already built).
     #[arg(long)]
     no_build: bool,
+    /// Before stopping (with `--duration`), check through the relay's API that flows, denied
+    /// flows, the service map (through the api service, forwarded and dropped edges) and the
+    /// DatabaseAccessDenied alert all appeared; fail otherwise. For CI.
+    #[arg(long, requires = "duration")]
+    check: bool,
 }
 
 fn run_dir() -> PathBuf {
@@ -82,11 +103,14 @@ pub fn run(a: DemoArgs) -> Result<()> {
     )?;
 
     let mut agents = Vec::new();
-    for node in &topology.nodes {
-        agents.push(start_agent(&testbed, &node.name, &topo_path, &pol_path)?);
+    for (i, node) in topology.nodes.iter().enumerate() {
+        agents.push(start_agent(&testbed, i, &node.name, &topo_path, &pol_path)?);
     }
     wait_ready(&topology)?;
-    eprintln!("[demo] agents ready; starting traffic");
+    eprintln!("[demo] agents ready; starting the relay and the web UI");
+    agents.push(start_relay(&topology)?);
+    wait_relay()?;
+    eprintln!("[demo] relay ready; starting traffic");
 
     if a.detach {
         let exe = std::env::current_exe()?;
@@ -120,8 +144,10 @@ pub fn run(a: DemoArgs) -> Result<()> {
         let tb = &testbed;
         let t = s.spawn(move || traffic_loop(tb, &traffic_stop));
         follow_flows(&topology, &stop, a.duration.map(Duration::from_secs))?;
+        let checked = if a.check { check() } else { Ok(()) };
         stop.store(true, Ordering::SeqCst);
-        t.join().expect("traffic thread")
+        t.join().expect("traffic thread")?;
+        checked
     });
     eprintln!("\n[demo] stopping");
     for (_, mut c) in agents {
@@ -143,12 +169,20 @@ fn agent_paths(node: &str) -> (PathBuf, PathBuf, PathBuf) {
     )
 }
 
-fn start_agent(tb: &Testbed, node: &str, topo: &Path, pol: &Path) -> Result<(String, Child)> {
+fn start_agent(
+    tb: &Testbed,
+    i: usize,
+    node: &str,
+    topo: &Path,
+    pol: &Path,
+) -> Result<(String, Child)> {
     let (flows, log, state) = agent_paths(node);
+    let (listen, metrics) = agent_addrs(i);
     let child = Command::new(crate::agent_bin())
         .arg("--topology")
         .arg(topo)
         .args(["--node", node])
+        .args(["--listen", &listen, "--metrics-listen", &metrics])
         .arg("--policy")
         .arg(pol)
         .arg("--netns")
@@ -163,6 +197,45 @@ fn start_agent(tb: &Testbed, node: &str, topo: &Path, pol: &Path) -> Result<(Str
         .spawn()
         .with_context(|| format!("starting {}", crate::agent_bin().display()))?;
     Ok((node.to_string(), child))
+}
+
+/// The relay: every agent as a peer, the web UI (`<target>/ui-dist`), the example alert rules.
+fn start_relay(topology: &Topology) -> Result<(String, Child)> {
+    let log = run_dir().join("relay.log");
+    let mut cmd = Command::new(crate::relay_bin());
+    cmd.args(["--listen", RELAY_GRPC, "--http-listen", RELAY_HTTP]);
+    for (i, n) in topology.nodes.iter().enumerate() {
+        cmd.arg("--peers")
+            .arg(format!("{}={}", n.name, agent_addrs(i).0));
+    }
+    let out = fs::File::create(&log)?;
+    let child = cmd
+        .arg("--ui-dir")
+        .arg(crate::ui::ui_dist())
+        .arg("--alert-rules")
+        .arg(crate::root().join("deploy/examples/alert-rules"))
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", crate::relay_bin().display()))?;
+    Ok(("relay".to_string(), child))
+}
+
+/// Waits until the relay's HTTP listener answers.
+fn wait_relay() -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let addr: std::net::SocketAddr = RELAY_HTTP.parse()?;
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if Instant::now() > deadline {
+            bail!(
+                "the relay did not start; its log:\n{}",
+                fs::read_to_string(run_dir().join("relay.log")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
 }
 
 fn wait_ready(topology: &Topology) -> Result<()> {
@@ -234,13 +307,27 @@ fn print_where_to_look(topology: &Topology, detached: bool) {
     println!(
         "  pinned datapath: {BPFFS_DIR}/<node>  (bpftool map dump pinned {BPFFS_DIR}/node-1/ep/<ifname>/policy_<version>)"
     );
-    println!("  Hubble API of the agent: localhost:4244 (metrics :9965/metrics), e.g.");
+    println!("  web UI (service map, flows, policies, alerts): http://{RELAY_HTTP}/");
     println!(
-        "    target/release/periscope --server localhost:4244 observe --verdict DROPPED --last 20"
+        "  Hubble API of the relay (both nodes, time-ordered): {RELAY_GRPC}; of the agents: {}",
+        (0..topology.nodes.len())
+            .map(|i| agent_addrs(i).0)
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     println!(
-        "    target/release/periscope --server localhost:4244 observe -n data -t policy-verdict --follow"
+        "    target/release/periscope --server {RELAY_GRPC} observe --verdict DROPPED --last 20"
     );
+    println!(
+        "    target/release/periscope --server {RELAY_GRPC} observe --to-service shop/api --follow"
+    );
+    println!(
+        "    target/release/periscope --server {RELAY_GRPC} observe -n data -t policy-verdict --follow"
+    );
+    println!(
+        "    curl -s http://{RELAY_HTTP}/api/v1/alerts   (DatabaseAccessDenied fires within a minute)"
+    );
+    println!("  relay log: {}", d.join("relay.log").display());
     println!(
         "  pod namespaces: ip netns list | grep ptdemo-   (e.g. ip netns exec ptdemo-frontend-1 …)"
     );
@@ -256,6 +343,86 @@ fn print_where_to_look(topology: &Topology, detached: bool) {
     } else {
         println!("Flows follow (Ctrl-C stops and cleans up):\n");
     }
+}
+
+/// `--check`: what a user of the demo should see, through the relay's JSON API; waits (with
+/// the traffic still running) until everything is there, up to [`CHECK_PATIENCE`].
+fn check() -> Result<()> {
+    let start = Instant::now();
+    loop {
+        match check_once() {
+            Ok(()) => return Ok(()),
+            Err(e) if start.elapsed() >= CHECK_PATIENCE => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_secs(2)),
+        }
+    }
+}
+
+/// How long `--check` waits for everything to appear (the alert needs its rule's `for: 30s`
+/// after five denied packets in a minute); far beyond what it takes.
+const CHECK_PATIENCE: Duration = Duration::from_secs(180);
+
+fn check_once() -> Result<()> {
+    let addr: std::net::SocketAddr = RELAY_HTTP.parse()?;
+    let get = |path: &str| -> Result<serde_json::Value> {
+        let (status, body) = periscope_testbed::browser::http_request(
+            addr,
+            "GET",
+            path,
+            &[],
+            None,
+            Duration::from_secs(30),
+        )
+        .with_context(|| format!("GET http://{RELAY_HTTP}{path}"))?;
+        if status != 200 {
+            bail!(
+                "GET {path}: HTTP {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        serde_json::from_slice(&body).with_context(|| format!("GET {path}: not JSON"))
+    };
+    let mut problems = Vec::new();
+    let flows = get("/api/v1/flows?limit=100")?;
+    let n = flows["flows"].as_array().map_or(0, Vec::len);
+    if n == 0 {
+        problems.push("no flows".to_string());
+    }
+    let denied = get("/api/v1/flows?verdict=DROPPED&limit=100")?;
+    let d = denied["flows"].as_array().map_or(0, Vec::len);
+    if d == 0 {
+        problems.push("no denied flows".to_string());
+    }
+    let map = get("/api/v1/map")?;
+    let edges = map["edges"].as_array().cloned().unwrap_or_default();
+    let has = |src: &str, dst: &str, key: &str| {
+        edges.iter().any(|e| {
+            e["source"] == src && e["destination"] == dst && e[key].as_u64().unwrap_or(0) > 0
+        })
+    };
+    if !has("shop/frontend", "shop/api", "forwarded") {
+        problems.push("no forwarded edge shop/frontend → shop/api on the map".to_string());
+    }
+    if !has("shop/intruder", "data/db", "dropped") {
+        problems.push("no dropped edge shop/intruder → data/db on the map".to_string());
+    }
+    let alerts = get("/api/v1/alerts")?;
+    let firing = alerts
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|a| a["rule"] == "DatabaseAccessDenied" && a["state"] == "firing");
+    if !firing {
+        problems.push("the DatabaseAccessDenied alert is not firing".to_string());
+    }
+    println!(
+        "[demo] check: {n} flows, {d} denied flows, {} map edges, DatabaseAccessDenied firing: {firing}",
+        edges.len()
+    );
+    if !problems.is_empty() {
+        bail!("the demo check failed: {}", problems.join("; "));
+    }
+    Ok(())
 }
 
 /// Prints the agents' flow lines as they come, until `stop` (or `duration`).
@@ -297,30 +464,42 @@ fn follow_flows(topology: &Topology, stop: &AtomicBool, duration: Option<Duratio
 /// The demo's traffic: allowed and denied connections, once per second.
 fn traffic_loop(tb: &Testbed, stop: &AtomicBool) -> Result<()> {
     let pod = |n: &str| tb.pod(n);
-    let servers = (
+    let mut servers = vec![
         TcpEchoServer::start(pod("shop/frontend-1"), 8080),
         TcpEchoServer::start(pod("shop/frontend-1"), 22),
-        TcpEchoServer::start(pod("shop/api-1"), 8080),
+        TcpEchoServer::start(pod("shop/frontend-2"), 8080),
         TcpEchoServer::start(pod("data/db-1"), 5432),
-        UdpEchoServer::start(pod("data/cache-1"), 6379),
-    );
+    ];
+    for api in ["shop/api-1", "shop/api-2", "shop/api-3"] {
+        servers.push(TcpEchoServer::start(pod(api), 8080));
+    }
+    let _cache = UdpEchoServer::start(pod("data/cache-1"), 6379);
     let t = Duration::from_millis(300);
-    let frontend = pod("shop/frontend-1");
+    let frontends = [pod("shop/frontend-1"), pod("shop/frontend-2")];
     let api = pod("shop/api-1");
+    let api2 = pod("shop/api-2");
     let db = pod("data/db-1");
     let cache = pod("data/cache-1");
+    let prometheus = pod("monitoring/prometheus-1");
     let intruder = pod("shop/intruder");
     let world = pod("world-client");
+    let service: std::net::SocketAddr = API_SERVICE.parse()?;
     while !stop.load(Ordering::SeqCst) {
-        traffic::tcp_probe(world, frontend.v4(8080), t); // allowed: world → frontend:8080
-        traffic::tcp_probe(frontend, api.v4(8080), t); // allowed: api has no policy
-        traffic::tcp_probe(api, db.v4(5432), t); // allowed by db-allow-api
-        traffic::tcp_probe(api, db.v6(5432), t); // the same over IPv6
-        traffic::udp_probe(api, cache.v4(6379), t); // allowed by cache-allow-api
-        traffic::tcp_probe(frontend, db.v4(5432), t); // DENIED: default deny on db
+        traffic::tcp_probe(world, frontends[0].v4(8080), t); // allowed: world → frontend:8080
+        for f in frontends {
+            // allowed: through the api service, spread over three backends on both nodes
+            traffic::tcp_probe(f, service, t);
+            traffic::tcp_probe(f, service, t);
+        }
+        traffic::tcp_probe(api, db.v4(5432), t); // allowed by db-allow-api (node-1 → node-2)
+        traffic::tcp_probe(api2, db.v6(5432), t); // the same over IPv6, on node-2
+        traffic::udp_probe(api2, cache.v4(6379), t); // allowed by cache-allow-api
+        traffic::tcp_probe(prometheus, api.v4(8080), t); // allowed: api has no policy
+        traffic::tcp_probe(frontends[0], db.v4(5432), t); // DENIED: default deny on db
         traffic::tcp_probe(intruder, db.v4(5432), t); // DENIED
-        traffic::tcp_probe(world, frontend.v4(22), t); // DENIED by the ingressDeny rule
-        traffic::ping(frontend, api.ipv4().expect("api ipv4").into(), t); // allowed
+        traffic::tcp_probe(prometheus, db.v4(5432), t); // DENIED
+        traffic::tcp_probe(world, frontends[0].v4(22), t); // DENIED by the ingressDeny rule
+        traffic::ping(frontends[1], api.ipv4().expect("api ipv4").into(), t); // allowed
         for _ in 0..10 {
             if stop.load(Ordering::SeqCst) {
                 break;

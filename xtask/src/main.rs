@@ -154,5 +154,18 @@ fn test(extra: &[String]) -> Result<()> {
             "periscope-datapath-ebpf",
         ])
         .args(extra);
-    run(&mut cmd)
+    run(&mut cmd)?;
+    if extra.is_empty() {
+        // The README's main command, non-interactively: the demo for a bounded time, checking
+        // through the relay that flows, denied flows, the service map and an alert appear.
+        eprintln!("[xtask] running the demo with --check");
+        run(Command::new(std::env::current_exe()?).args([
+            "demo",
+            "--duration",
+            "20",
+            "--no-build",
+            "--check",
+        ]))?;
+    }
+    Ok(())
 }
