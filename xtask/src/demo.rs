@@ -65,6 +65,11 @@ pub struct DemoArgs {
     /// DatabaseAccessDenied alert all appeared; fail otherwise. For CI.
     #[arg(long, requires = "duration")]
     check: bool,
+    /// Start a private ClickHouse server (Debian's clickhouse-server, data in a temporary
+    /// directory, removed at the end) and have the relay store every flow in it: history, the
+    /// map's time ranges and SQL. Not with `--detach`.
+    #[arg(long, conflicts_with = "detach")]
+    clickhouse: bool,
 }
 
 fn run_dir() -> PathBuf {
@@ -107,8 +112,17 @@ pub fn run(a: DemoArgs) -> Result<()> {
         agents.push(start_agent(&testbed, i, &node.name, &topo_path, &pol_path)?);
     }
     wait_ready(&topology)?;
+    let clickhouse = if a.clickhouse {
+        eprintln!("[demo] starting a private ClickHouse server");
+        Some(
+            periscope_storage::testing::TestServer::start()
+                .context("starting clickhouse-server (xtask setup installs it)")?,
+        )
+    } else {
+        None
+    };
     eprintln!("[demo] agents ready; starting the relay and the web UI");
-    agents.push(start_relay(&topology)?);
+    agents.push(start_relay(&topology, clickhouse.as_ref())?);
     wait_relay()?;
     eprintln!("[demo] relay ready; starting traffic");
 
@@ -134,6 +148,9 @@ pub fn run(a: DemoArgs) -> Result<()> {
     }
 
     print_where_to_look(&topology, false);
+    if let Some(ch) = &clickhouse {
+        print_sql(ch);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -144,7 +161,11 @@ pub fn run(a: DemoArgs) -> Result<()> {
         let tb = &testbed;
         let t = s.spawn(move || traffic_loop(tb, &traffic_stop));
         follow_flows(&topology, &stop, a.duration.map(Duration::from_secs))?;
-        let checked = if a.check { check() } else { Ok(()) };
+        let checked = if a.check {
+            check(clickhouse.as_ref())
+        } else {
+            Ok(())
+        };
         stop.store(true, Ordering::SeqCst);
         t.join().expect("traffic thread")?;
         checked
@@ -199,11 +220,25 @@ fn start_agent(
     Ok((node.to_string(), child))
 }
 
-/// The relay: every agent as a peer, the web UI (`<target>/ui-dist`), the example alert rules.
-fn start_relay(topology: &Topology) -> Result<(String, Child)> {
+/// The relay: every agent as a peer, the web UI (`<target>/ui-dist`), the example alert rules,
+/// and ClickHouse when given.
+fn start_relay(
+    topology: &Topology,
+    clickhouse: Option<&periscope_storage::testing::TestServer>,
+) -> Result<(String, Child)> {
     let log = run_dir().join("relay.log");
     let mut cmd = Command::new(crate::relay_bin());
     cmd.args(["--listen", RELAY_GRPC, "--http-listen", RELAY_HTTP]);
+    if let Some(ch) = clickhouse {
+        cmd.args([
+            "--clickhouse-url",
+            &ch.url(),
+            "--clickhouse-database",
+            "periscope",
+        ])
+        .arg("--spool-dir")
+        .arg(run_dir().join("spool"));
+    }
     for (i, n) in topology.nodes.iter().enumerate() {
         cmd.arg("--peers")
             .arg(format!("{}={}", n.name, agent_addrs(i).0));
@@ -345,12 +380,28 @@ fn print_where_to_look(topology: &Topology, detached: bool) {
     }
 }
 
+/// Where to run SQL when the demo has ClickHouse.
+fn print_sql(ch: &periscope_storage::testing::TestServer) {
+    let port = ch.tcp_port();
+    println!("  ClickHouse (every flow; tables and queries: storage-schema/README.md), e.g.");
+    println!(
+        "    clickhouse-client --port {port} --database periscope --query \"SELECT verdict, count() FROM flows GROUP BY verdict\""
+    );
+    println!(
+        "    clickhouse-client --port {port} --database periscope --query \"SELECT source_namespace, \
+         source_workload, destination_workload, destination_port, uniqExact(uuid) AS denied \
+         FROM flows_denied GROUP BY source_namespace, source_workload, destination_workload, \
+         destination_port ORDER BY denied DESC\""
+    );
+    println!("  (with --clickhouse the map's time ranges, 5 min … 24 h, come from ClickHouse)\n");
+}
+
 /// `--check`: what a user of the demo should see, through the relay's JSON API; waits (with
 /// the traffic still running) until everything is there, up to [`CHECK_PATIENCE`].
-fn check() -> Result<()> {
+fn check(clickhouse: Option<&periscope_storage::testing::TestServer>) -> Result<()> {
     let start = Instant::now();
     loop {
-        match check_once() {
+        match check_once(clickhouse) {
             Ok(()) => return Ok(()),
             Err(e) if start.elapsed() >= CHECK_PATIENCE => return Err(e),
             Err(_) => std::thread::sleep(Duration::from_secs(2)),
@@ -362,7 +413,7 @@ fn check() -> Result<()> {
 /// after five denied packets in a minute); far beyond what it takes.
 const CHECK_PATIENCE: Duration = Duration::from_secs(180);
 
-fn check_once() -> Result<()> {
+fn check_once(clickhouse: Option<&periscope_storage::testing::TestServer>) -> Result<()> {
     let addr: std::net::SocketAddr = RELAY_HTTP.parse()?;
     let get = |path: &str| -> Result<serde_json::Value> {
         let (status, body) = periscope_testbed::browser::http_request(
@@ -415,8 +466,33 @@ fn check_once() -> Result<()> {
     if !firing {
         problems.push("the DatabaseAccessDenied alert is not firing".to_string());
     }
+    let stored = match clickhouse {
+        Some(ch) => {
+            let (status, body) = periscope_testbed::browser::http_request(
+                ch.url()
+                    .trim_start_matches("http://")
+                    .parse()
+                    .context("ClickHouse address")?,
+                "GET",
+                "/?query=SELECT%20count()%20FROM%20periscope.flows",
+                &[],
+                None,
+                Duration::from_secs(30),
+            )
+            .context("asking ClickHouse")?;
+            let n: u64 = String::from_utf8_lossy(&body).trim().parse().unwrap_or(0);
+            if status != 200 || n == 0 {
+                problems.push(format!(
+                    "no flows stored in ClickHouse (HTTP {status}: {})",
+                    String::from_utf8_lossy(&body).trim()
+                ));
+            }
+            format!(", {n} flows in ClickHouse")
+        }
+        None => String::new(),
+    };
     println!(
-        "[demo] check: {n} flows, {d} denied flows, {} map edges, DatabaseAccessDenied firing: {firing}",
+        "[demo] check: {n} flows, {d} denied flows, {} map edges, DatabaseAccessDenied firing: {firing}{stored}",
         edges.len()
     );
     if !problems.is_empty() {

@@ -156,14 +156,16 @@ fn test(extra: &[String]) -> Result<()> {
         .args(extra);
     run(&mut cmd)?;
     if extra.is_empty() {
-        // The README's main command, non-interactively: the demo for a bounded time, checking
-        // through the relay that flows, denied flows, the service map and an alert appear.
+        // The README's main command, non-interactively: the demo with ClickHouse for a bounded
+        // time, checking through the relay that flows, denied flows, the service map and an
+        // alert appear, and that ClickHouse stores the flows.
         eprintln!("[xtask] running the demo with --check");
         run(Command::new(std::env::current_exe()?).args([
             "demo",
             "--duration",
             "20",
             "--no-build",
+            "--clickhouse",
             "--check",
         ]))?;
     }
