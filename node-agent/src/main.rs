@@ -181,6 +181,13 @@ struct Args {
     /// weights. Either way connection tracking keeps a connection on its backend.
     #[arg(long, default_value = "maglev")]
     lb_algorithm: periscope_agent::lb::Algorithm,
+    /// How long the metadata sources (etcd, Kubernetes) wait, at random, before their first
+    /// connection: `auto` (20 ms per node of the topology, at most 60 s: a thousand agents
+    /// restarting together reach etcd at about 50 a second) or a window such as 10s, 500ms, 2m
+    /// (0: none). Enforcement never waits: the pinned datapath and the topology's endpoints apply
+    /// at once.
+    #[arg(long, default_value = "auto")]
+    startup_jitter: periscope_agent::sources::StartupJitter,
     /// Node devices (interface names, comma-separated or repeated) on whose ingress clients
     /// outside the node reach services: node ports on the node's addresses, external IPs and
     /// cluster IPs are translated to a backend there, and the backend's replies translated back
@@ -339,8 +346,9 @@ async fn run(
     // Metadata sources.
     let etcd_view = SharedView::default();
     let etcd_ids: etcd::SharedIdentities = Default::default();
+    let jitter = args.startup_jitter.delay(topology.nodes.len());
     if !args.etcd_endpoints.is_empty() {
-        tokio::spawn(etcd::run(
+        let source = etcd::run(
             etcd::EtcdConfig {
                 endpoints: args.etcd_endpoints.clone(),
                 prefix: args.etcd_prefix.clone(),
@@ -348,7 +356,11 @@ async fn run(
             },
             etcd_view.clone(),
             etcd_ids.clone(),
-        ));
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(jitter).await;
+            source.await
+        });
     }
     let k8s_view = SharedView::default();
     if let Some(url) = &args.k8s_api_server {
@@ -359,7 +371,11 @@ async fn run(
         periscope_agent::k8s::client(&cfg)
             .map_err(anyhow::Error::msg)
             .context("--k8s-api-server")?;
-        tokio::spawn(periscope_agent::k8s::run(cfg, k8s_view.clone()));
+        let source = periscope_agent::k8s::run(cfg, k8s_view.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(jitter).await;
+            source.await
+        });
     }
     let remote = || {
         let k = k8s_view.snapshot();

@@ -152,9 +152,98 @@ impl Backoff {
     }
 }
 
+/// How long the metadata sources (etcd, Kubernetes) wait, at random, before their first
+/// connection after the agent starts, so that a fleet restarting at once (after an outage, an
+/// upgrade) does not stampede etcd or the API server (seed 003 §2.3.2). Enforcement does not
+/// wait: the datapath keeps its pinned state and the topology's endpoints are applied at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartupJitter {
+    /// A window scaled to the fleet: [`StartupJitter::PER_NODE`] per node of the topology, at
+    /// most [`StartupJitter::AUTO_MAX`].
+    Auto,
+    /// A fixed window (zero: no waiting).
+    Window(Duration),
+}
+
+impl StartupJitter {
+    /// The window per node of `auto`: 1,000 nodes spread over 20 s, 50 new connections a second.
+    pub const PER_NODE: Duration = Duration::from_millis(20);
+    /// The largest window of `auto`.
+    pub const AUTO_MAX: Duration = Duration::from_secs(60);
+
+    /// The window for a fleet of `nodes` nodes.
+    pub fn window(&self, nodes: usize) -> Duration {
+        match self {
+            Self::Auto => Self::PER_NODE
+                .saturating_mul(u32::try_from(nodes).unwrap_or(u32::MAX))
+                .min(Self::AUTO_MAX),
+            Self::Window(w) => *w,
+        }
+    }
+
+    /// A delay drawn uniformly from the window for `nodes` nodes.
+    pub fn delay(&self, nodes: usize) -> Duration {
+        let w = self.window(nodes);
+        if w.is_zero() {
+            return w;
+        }
+        // The first delay of a backoff capped at the window is uniform in it.
+        Backoff::new(w, w).next_delay()
+    }
+}
+
+impl std::str::FromStr for StartupJitter {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s == "auto" {
+            return Ok(Self::Auto);
+        }
+        let (num, unit) = s
+            .find(|c: char| !c.is_ascii_digit())
+            .map_or((s, "s"), |i| (&s[..i], &s[i..]));
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("{s:?}: expected `auto` or a duration such as 10s, 500ms, 1m"))?;
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            other => {
+                return Err(format!(
+                    "{s:?}: unknown unit {other:?} (expected ms, s or m, or `auto`)"
+                ));
+            }
+        };
+        Ok(Self::Window(d))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn startup_jitter_scales_with_the_fleet_and_parses() {
+        let ms = Duration::from_millis;
+        assert_eq!("auto".parse(), Ok(StartupJitter::Auto));
+        assert_eq!("10s".parse(), Ok(StartupJitter::Window(ms(10_000))));
+        assert_eq!("250ms".parse(), Ok(StartupJitter::Window(ms(250))));
+        assert_eq!("2m".parse(), Ok(StartupJitter::Window(ms(120_000))));
+        assert_eq!("0".parse(), Ok(StartupJitter::Window(ms(0))));
+        for bad in ["", "soon", "10h", "-1s", "1.5s"] {
+            let e = bad.parse::<StartupJitter>().unwrap_err();
+            assert!(e.contains(&format!("{bad:?}")), "{bad}: {e}");
+        }
+        assert_eq!(StartupJitter::Auto.window(1), ms(20));
+        assert_eq!(StartupJitter::Auto.window(1000), ms(20_000));
+        assert_eq!(StartupJitter::Auto.window(100_000), StartupJitter::AUTO_MAX);
+        assert_eq!(StartupJitter::Window(ms(0)).delay(1000), ms(0));
+        // Delays fall in the window and spread over it.
+        let delays: Vec<Duration> = (0..200).map(|_| StartupJitter::Auto.delay(1000)).collect();
+        assert!(delays.iter().all(|d| *d <= ms(20_000)), "{delays:?}");
+        assert!(delays.iter().any(|d| *d < ms(5_000)) && delays.iter().any(|d| *d > ms(15_000)));
+    }
 
     #[test]
     fn backoff_grows_to_the_cap_with_jitter() {
