@@ -495,11 +495,6 @@ impl Datapath {
                 what: ifname.into(),
                 source: Box::new(e),
             })?;
-            let attach_err = |e: Box<dyn std::error::Error + Send + Sync>| DatapathError::Attach {
-                program: prog_name,
-                ifname: ifname.into(),
-                source: e,
-            };
             // An existing link (older version, same interface) is updated in place atomically.
             let existing = if recorded_ifindex == Some(ifindex) {
                 PinnedLink::from_pin(pin).ok()
@@ -507,30 +502,14 @@ impl Datapath {
                 let _ = fs::remove_file(pin);
                 None
             };
-            let link_id = match existing {
-                Some(old) => {
-                    let fd: FdLink = old.into();
-                    let link =
-                        SchedClassifierLink::try_from(fd).map_err(|e| attach_err(Box::new(e)))?;
-                    prog.attach_to_link(link)
-                        .map_err(|e| attach_err(Box::new(e)))?
-                }
-                None => prog
-                    .attach_with_options(
-                        &ifname_of(ifindex).unwrap_or_else(|| ifname.to_string()),
-                        *attach_type,
-                        TcAttachOptions::TcxOrder(LinkOrder::default()),
-                    )
-                    .map_err(|e| attach_err(Box::new(e)))?,
-            };
-            let link = prog
-                .take_link(link_id)
-                .map_err(|e| attach_err(Box::new(e)))?;
-            let fd: FdLink = link
-                .try_into()
-                .map_err(|e: aya::programs::links::LinkError| attach_err(Box::new(e)))?;
-            let _ = fs::remove_file(pin);
-            let pinned = fd.pin(pin).map_err(|e| attach_err(Box::new(e)))?;
+            let pinned = attach_pinned(
+                prog,
+                prog_name,
+                &ifname_of(ifindex).unwrap_or_else(|| ifname.to_string()),
+                *attach_type,
+                existing,
+                pin,
+            )?;
             links.push(pinned);
         }
         // Old versions' policy maps are no longer referenced by any program.
@@ -592,11 +571,6 @@ impl Datapath {
             source: Box::new(e),
         })?;
         for device in devices {
-            let attach_err = |e: Box<dyn std::error::Error + Send + Sync>| DatapathError::Attach {
-                program: prog_name,
-                ifname: device.clone(),
-                source: e,
-            };
             ifindex(device)?;
             let dir = root.join(device);
             fs::create_dir_all(&dir).map_err(|source| DatapathError::Fs {
@@ -605,30 +579,15 @@ impl Datapath {
                 source,
             })?;
             let pin = dir.join(prog_name);
-            let link_id = match PinnedLink::from_pin(&pin) {
-                Ok(old) => {
-                    let fd: FdLink = old.into();
-                    let link =
-                        SchedClassifierLink::try_from(fd).map_err(|e| attach_err(Box::new(e)))?;
-                    prog.attach_to_link(link)
-                        .map_err(|e| attach_err(Box::new(e)))?
-                }
-                Err(_) => prog
-                    .attach_with_options(
-                        device,
-                        TcAttachType::Ingress,
-                        TcAttachOptions::TcxOrder(LinkOrder::default()),
-                    )
-                    .map_err(|e| attach_err(Box::new(e)))?,
-            };
-            let link = prog
-                .take_link(link_id)
-                .map_err(|e| attach_err(Box::new(e)))?;
-            let fd: FdLink = link
-                .try_into()
-                .map_err(|e: aya::programs::links::LinkError| attach_err(Box::new(e)))?;
-            let _ = fs::remove_file(&pin);
-            fd.pin(&pin).map_err(|e| attach_err(Box::new(e)))?;
+            let existing = PinnedLink::from_pin(&pin).ok();
+            attach_pinned(
+                prog,
+                prog_name,
+                device,
+                TcAttachType::Ingress,
+                existing,
+                &pin,
+            )?;
             tracing::info!(device = %device, version = %self.version, "attached node device");
         }
         Ok(())
@@ -783,6 +742,47 @@ impl Datapath {
         // Dropping the PinnedLinks only closes our fds; the pins keep the links attached.
         drop(self);
     }
+}
+
+/// Attaches the loaded `prog` to `ifname` (TCX, `attach_type`) and pins the link at `pin`: an
+/// `existing` link (pinned by an earlier run) is updated in place, atomically, so the interface
+/// is never without a program.
+fn attach_pinned(
+    prog: &mut SchedClassifier,
+    prog_name: &'static str,
+    ifname: &str,
+    attach_type: TcAttachType,
+    existing: Option<PinnedLink>,
+    pin: &Path,
+) -> Result<PinnedLink> {
+    let attach_err = |e: Box<dyn std::error::Error + Send + Sync>| DatapathError::Attach {
+        program: prog_name,
+        ifname: ifname.into(),
+        source: e,
+    };
+    let link_id = match existing {
+        Some(old) => {
+            let fd: FdLink = old.into();
+            let link = SchedClassifierLink::try_from(fd).map_err(|e| attach_err(Box::new(e)))?;
+            prog.attach_to_link(link)
+                .map_err(|e| attach_err(Box::new(e)))?
+        }
+        None => prog
+            .attach_with_options(
+                ifname,
+                attach_type,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(|e| attach_err(Box::new(e)))?,
+    };
+    let link = prog
+        .take_link(link_id)
+        .map_err(|e| attach_err(Box::new(e)))?;
+    let fd: FdLink = link
+        .try_into()
+        .map_err(|e: aya::programs::links::LinkError| attach_err(Box::new(e)))?;
+    let _ = fs::remove_file(pin);
+    fd.pin(pin).map_err(|e| attach_err(Box::new(e)))
 }
 
 /// The name of an interface by index (current network namespace).

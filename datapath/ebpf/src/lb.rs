@@ -63,6 +63,35 @@ fn active(id: u32) -> bool {
     }
 }
 
+/// A CT entry the load balancer writes itself (no counters, no policy decision), naming the
+/// frontend `rev_nat`.
+#[inline(always)]
+fn lb_entry(
+    now: u64,
+    expires_ns: u64,
+    rx_bytes: u64,
+    flags: u8,
+    ep_id: u16,
+    rev_nat: u16,
+) -> CtEntry {
+    CtEntry {
+        expires_ns,
+        last_report_ns: now,
+        tx_packets: 0,
+        tx_bytes: 0,
+        rx_packets: 0,
+        rx_bytes,
+        remote_identity: 0,
+        tx_flags_seen: 0,
+        rx_flags_seen: 0,
+        flags,
+        match_type: 0,
+        rule_id: 0,
+        ep_id,
+        rev_nat,
+    }
+}
+
 /// Picks a backend for a new connection to `svc` (None: the frontend has no active backend).
 #[inline(always)]
 fn select(pkt: &Packet, svc: &LbService, now: u64) -> Option<u32> {
@@ -199,23 +228,16 @@ fn try_translate(ctx: &TcContext, pkt: &mut Packet, out: &mut Xlated, now: u64) 
             Some(id) => id,
             None => return Err(drop::SERVICE_BACKEND_NOT_FOUND),
         };
-        let entry = CtEntry {
-            expires_ns: now + lifetime,
-            last_report_ns: now,
-            tx_packets: 0,
-            tx_bytes: 0,
-            rx_packets: 0,
-            rx_bytes: backend_id as u64,
-            remote_identity: 0,
-            tx_flags_seen: 0,
-            rx_flags_seen: 0,
-            flags: 0,
-            match_type: 0,
-            rule_id: 0,
+        // The backend id rides in `rx_bytes` (service entries count nothing).
+        let entry = lb_entry(
+            now,
+            now + lifetime,
+            backend_id as u64,
+            0,
             // SAFETY: read of the loader-set global.
-            ep_id: unsafe { core::ptr::read_volatile(&crate::PSC_ENDPOINT_ID) } as u16,
-            rev_nat: svc.rev_nat,
-        };
+            unsafe { core::ptr::read_volatile(&crate::PSC_ENDPOINT_ID) } as u16,
+            svc.rev_nat,
+        );
         if CT.insert(&skey, &entry, BPF_ANY as u64).is_err() {
             return Err(drop::CT_MAP_INSERTION_FAILED);
         }
@@ -273,22 +295,7 @@ pub(crate) fn from_outside(pkt: &Packet, xl: &Xlated) -> u32 {
         family: pkt.family,
         pad: 0,
     };
-    let entry = CtEntry {
-        expires_ns: now + lifetime,
-        last_report_ns: now,
-        tx_packets: 0,
-        tx_bytes: 0,
-        rx_packets: 0,
-        rx_bytes: 0,
-        remote_identity: 0,
-        tx_flags_seen: 0,
-        rx_flags_seen: 0,
-        flags: CT_F_NODEPORT,
-        match_type: 0,
-        rule_id: 0,
-        ep_id: 0,
-        rev_nat: pkt.rev_nat,
-    };
+    let entry = lb_entry(now, now + lifetime, 0, CT_F_NODEPORT, 0, pkt.rev_nat);
     match CT.insert(&key, &entry, BPF_ANY as u64) {
         Ok(()) => 0,
         Err(_) => drop::CT_MAP_INSERTION_FAILED as u32,
