@@ -191,6 +191,9 @@ pub struct State {
     /// Named ports the policies use that no endpoint defines (one line each; such a port
     /// allows nothing).
     pub named_port_warnings: BTreeSet<String>,
+    /// Pods of this node that are not attached, by `namespace/name`, with why (an agent without
+    /// a topology file: no per-pod route to a veth yet; set by the agent after `build`).
+    pub unattached: BTreeMap<String, crate::local_pods::Unattached>,
     /// Endpoint id → host interface name (filled by [`State::set_endpoint_ids`]).
     ep_by_id: std::collections::HashMap<u32, String>,
     /// Identity → label strings, computed once per state for the decoder's hot path.
@@ -401,6 +404,7 @@ impl State {
                 .collect(),
             lb_frontends: BTreeMap::new(),
             named_port_warnings,
+            unattached: BTreeMap::new(),
             ep_by_id: Default::default(),
             labels_cache: Default::default(),
         };

@@ -70,11 +70,16 @@ pub const VOLATILE_LABELS: &[&str] = &[
     "batch.kubernetes.io/job-completion-index",
 ];
 
+/// The API server setting that means "the pod's service account": `KUBERNETES_SERVICE_HOST`
+/// and `KUBERNETES_SERVICE_PORT`, the token and CA under
+/// `/var/run/secrets/kubernetes.io/serviceaccount/`.
+pub const IN_CLUSTER: &str = "in-cluster";
+
 /// Settings of the Kubernetes source.
 #[derive(Clone)]
 pub struct K8sConfig {
     /// API server URL: `https://10.96.0.1:443` or plain HTTP such as `http://127.0.0.1:8001`
-    /// (`kubectl proxy`).
+    /// (`kubectl proxy`), or [`IN_CLUSTER`].
     pub api_server: String,
     /// Bearer token.
     pub token: Option<String>,
@@ -122,22 +127,33 @@ impl fmt::Debug for K8sConfig {
 }
 
 /// Builds a client for `cfg` (no kubeconfig involved). Must be called inside a Tokio runtime.
-/// Fails on a malformed URL.
+/// Fails on a malformed URL, or [`IN_CLUSTER`] outside a pod.
 pub fn client(cfg: &K8sConfig) -> Result<Client, String> {
-    let url: http::Uri = cfg
-        .api_server
-        .parse()
-        .map_err(|e| format!("API server URL {:?}: {e}", cfg.api_server))?;
-    if url.host().is_none() {
-        return Err(format!("API server URL {:?} has no host", cfg.api_server));
+    let mut config = if cfg.api_server == IN_CLUSTER {
+        // KUBERNETES_SERVICE_HOST/PORT and the service account's token (re-read as it rotates)
+        // and CA, each replaced by an explicit setting.
+        kube::Config::incluster().map_err(|e| format!("API server in-cluster: {e}"))?
+    } else {
+        let url: http::Uri = cfg
+            .api_server
+            .parse()
+            .map_err(|e| format!("API server URL {:?}: {e}", cfg.api_server))?;
+        if url.host().is_none() {
+            return Err(format!("API server URL {:?} has no host", cfg.api_server));
+        }
+        kube::Config::new(url)
+    };
+    if let Some(token) = &cfg.token {
+        config.auth_info.token = Some(token.clone().into());
+        config.auth_info.token_file = None;
     }
-    let mut config = kube::Config::new(url);
-    config.auth_info.token = cfg.token.clone().map(Into::into);
-    config.auth_info.token_file = cfg
-        .token_file
-        .as_ref()
-        .map(|p| p.to_string_lossy().into_owned());
-    config.root_cert_file = cfg.ca_file.clone();
+    if let Some(file) = &cfg.token_file {
+        config.auth_info.token_file = Some(file.to_string_lossy().into_owned());
+    }
+    if let Some(ca) = &cfg.ca_file {
+        config.root_cert_file = Some(ca.clone());
+        config.root_cert = None;
+    }
     Client::try_from(config)
         .map_err(|e| format!("API server {}: {}", cfg.api_server, error_chain(&e)))
 }
@@ -789,6 +805,7 @@ impl Cache {
             v.services = services;
             v.service_details = service_details;
             v.policies = policies;
+            v.synced = true;
             v.connected = self.failing.is_empty();
             v.last_error = last_error;
         });

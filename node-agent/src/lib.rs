@@ -14,6 +14,7 @@ pub mod identity;
 pub mod k8s;
 pub mod k8s_policy;
 pub mod lb;
+pub mod local_pods;
 pub mod metrics;
 pub mod monitor;
 pub mod observer;

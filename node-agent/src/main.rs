@@ -9,6 +9,7 @@ use periscope_agent::agent::{BuildConfig, Enforcement, LabelFilter, Remote, Stat
 use periscope_agent::datapath::{Datapath, boottime_ns};
 use periscope_agent::etcd;
 use periscope_agent::events::{self, AgentEventRing};
+use periscope_agent::local_pods::{self, LocalPods};
 use periscope_agent::monitor::{RawEvent, Readers};
 use periscope_agent::observer::{ObserverService, PeerService};
 use periscope_agent::pipeline::{self, Outputs};
@@ -27,25 +28,45 @@ use tokio::sync::{RwLock, mpsc};
 /// Periscope node agent: loads the eBPF datapath on the pods of one node, enforces
 /// CiliumNetworkPolicies by security identity, and prints (later: serves) the flows it sees.
 ///
+/// The node's pods come from a topology file (--topology), or, without one, from the Kubernetes
+/// API (--k8s-api-server, e.g. `in-cluster` in a DaemonSet): the pods whose spec.nodeName is
+/// --node, each attached at the host interface its CNI routes the pod's IP to.
+///
 /// The datapath keeps enforcing while the agent is stopped: programs and maps are pinned under
 /// --bpffs-root and taken over again at the next start.
 #[derive(Debug, Parser)]
 #[command(name = "periscope-agent", version, about, long_about)]
 struct Args {
-    /// Topology file (YAML): nodes and pods with namespaces, labels and IPs.
+    /// Topology file (YAML): nodes and pods with namespaces, labels and IPs; the pods of --node
+    /// are this agent's endpoints. Optional with --k8s-api-server: without it the endpoints are
+    /// the Kubernetes pods of --node that are not on the host network and have an IP, each
+    /// attached at the device of the host route to its IP (the per-pod route CNIs such as
+    /// Calico and Cilium install: `10.0.1.5 dev cali1234`; looked up over netlink in --netns).
+    /// A pod without such a route (CNI not done yet, only a subnet/default route, a gateway, a
+    /// device that is not a veth) is not attached: it is logged and listed in status.json under
+    /// unattached_pods, and looked for again on every change and every 5 s. Until the API has
+    /// been listed once the datapath stays as it is (pinned endpoints keep enforcing).
     #[arg(long, env = "PERISCOPE_TOPOLOGY")]
-    topology: PathBuf,
-    /// Name of this node in the topology; its pods become this agent's endpoints.
+    topology: Option<PathBuf>,
+    /// Name of this node: the topology's node whose pods are this agent's endpoints, or,
+    /// without a topology, the Kubernetes node (the pods' spec.nodeName; in a DaemonSet set
+    /// PERISCOPE_NODE from the downward API's spec.nodeName).
     #[arg(long, env = "PERISCOPE_NODE")]
     node: String,
+    /// Cluster name, without a topology file (a topology names its cluster): the
+    /// io.cilium.k8s.policy.cluster label of every identity, and the cluster of
+    /// GetNamespaces. Default: default.
+    #[arg(long, env = "PERISCOPE_CLUSTER_NAME", value_name = "NAME")]
+    cluster_name: Option<String>,
     /// Policy file or directory of *.yaml files (CiliumNetworkPolicy /
     /// CiliumClusterwideNetworkPolicy). Reloaded when it changes; a bad file is rejected with
     /// an error and the policies in force stay.
     #[arg(long, env = "PERISCOPE_POLICY")]
     policy: Option<PathBuf>,
     /// Network namespace (path such as /run/netns/<name>) holding the node's pods' host-side
-    /// interfaces. The agent attaches there; its API and its connections stay in its own
-    /// namespace.
+    /// interfaces. The agent attaches there (and, without a topology, reads the routes to the
+    /// pods there); its API and its connections stay in its own namespace. Default: the agent's
+    /// own (a DaemonSet pod with hostNetwork).
     #[arg(long)]
     netns: Option<PathBuf>,
     /// bpffs directory for this node's pinned maps and programs.
@@ -71,14 +92,19 @@ struct Args {
     /// Key prefix of the kvstore layout.
     #[arg(long, default_value = "cilium/state")]
     etcd_prefix: String,
-    /// Kubernetes API server URL (e.g. https://10.96.0.1:443 or http://127.0.0.1:8001): watch Pods, Namespaces, Services, EndpointSlices, NetworkPolicies and
-    /// Cilium(Clusterwide)NetworkPolicies. During an outage the last state stays in force.
-    #[arg(long)]
+    /// Kubernetes API server URL (e.g. https://10.96.0.1:443 or http://127.0.0.1:8001), or
+    /// `in-cluster` (KUBERNETES_SERVICE_HOST/PORT with the pod's service account token and CA):
+    /// watch Pods, Namespaces, Services, EndpointSlices, NetworkPolicies and
+    /// Cilium(Clusterwide)NetworkPolicies. Pods of other nodes are remote endpoints; without
+    /// --topology this node's pods are the endpoints (see --topology). During an outage the
+    /// last state stays in force.
+    #[arg(long, env = "PERISCOPE_K8S_API_SERVER", value_name = "URL|in-cluster")]
     k8s_api_server: Option<String>,
-    /// Bearer token file for the API server (re-read as it rotates).
+    /// Bearer token file for the API server (re-read as it rotates). Default with in-cluster:
+    /// the service account's token.
     #[arg(long)]
     k8s_token_file: Option<PathBuf>,
-    /// CA bundle for an https API server.
+    /// CA bundle for an https API server. Default with in-cluster: the service account's CA.
     #[arg(long)]
     k8s_ca_file: Option<PathBuf>,
     /// Cluster id (0-255): the high bits of this cluster's security identities, so identities of
@@ -183,9 +209,9 @@ struct Args {
     lb_algorithm: periscope_agent::lb::Algorithm,
     /// How long the metadata sources (etcd, Kubernetes) wait, at random, before their first
     /// connection: `auto` (20 ms per node of the topology, at most 60 s: a thousand agents
-    /// restarting together reach etcd at about 50 a second) or a window such as 10s, 500ms, 2m
-    /// (0: none). Enforcement never waits: the pinned datapath and the topology's endpoints apply
-    /// at once.
+    /// restarting together reach etcd at about 50 a second; without a topology 5 s) or a window
+    /// such as 10s, 500ms, 2m (0: none). Enforcement never waits: the pinned datapath and the
+    /// topology's endpoints apply at once.
     #[arg(long, default_value = "auto")]
     startup_jitter: periscope_agent::sources::StartupJitter,
     /// Node devices (interface names, comma-separated or repeated) on whose ingress clients
@@ -203,6 +229,32 @@ struct Args {
     /// Log filter (tracing env-filter syntax), e.g. info, periscope_agent=debug.
     #[arg(long, env = "PERISCOPE_LOG", default_value = "info")]
     log: String,
+}
+
+/// How often an agent without a topology looks at the routes to its pods again.
+const ENDPOINT_RESYNC: Duration = Duration::from_secs(5);
+
+/// Logs how this node's pods moved between attached and not attached: a warning once when a
+/// pod cannot be attached, an info line when it is attached or goes away.
+fn log_placement(old: &LocalPods, new: &LocalPods) {
+    for (name, u) in &new.unattached {
+        if !old.unattached.contains_key(name) {
+            let ips: Vec<String> = u.ips.iter().map(|ip| ip.to_string()).collect();
+            tracing::warn!(pod = %name, ips = %ips.join(","), reason = %u.reason,
+                "pod of this node not attached; looking again on every change and every 5 s");
+        }
+    }
+    for (key, p) in &new.attached {
+        if old.attached.get(key).map(|o| &o.interface) != Some(&p.interface) {
+            tracing::info!(pod = %key, interface = p.interface.as_deref().unwrap_or_default(),
+                "pod of this node attached");
+        }
+    }
+    for key in old.attached.keys() {
+        if !new.attached.contains_key(key) && !new.unattached.contains_key(key) {
+            tracing::info!(pod = %key, "pod of this node gone; detaching");
+        }
+    }
 }
 
 /// Logs the named-port warnings of `new` that `old` did not have: once while each holds.
@@ -233,6 +285,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if args.topology.is_none() && args.k8s_api_server.is_none() {
+        bail!(
+            "no endpoints: give --topology FILE, or --k8s-api-server URL|in-cluster to take this \
+             node's pods (--node, env PERISCOPE_NODE) from the Kubernetes API"
+        );
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
         .with_writer(std::io::stderr)
@@ -300,14 +358,45 @@ async fn run(
     metrics_listener: std::net::TcpListener,
     tls: Option<Arc<periscope_tls::ReloadingServerConfig>>,
 ) -> Result<()> {
-    let topology = Topology::load(&args.topology)?;
-    if !topology.nodes.iter().any(|n| n.name == args.node) {
-        bail!(
-            "--node {:?}: not a node of {}",
-            args.node,
-            args.topology.display()
-        );
-    }
+    // Without a topology file the node's pods come from the Kubernetes API: the topology is
+    // then this node alone, and every build adds the pods found at their interfaces.
+    let k8s_endpoints = args.topology.is_none();
+    let topology = match &args.topology {
+        Some(path) => {
+            let topology = Topology::load(path)?;
+            if !topology.nodes.iter().any(|n| n.name == args.node) {
+                bail!("--node {:?}: not a node of {}", args.node, path.display());
+            }
+            if args.cluster_name.is_some() {
+                bail!(
+                    "--cluster-name: the topology file {} names the cluster (`cluster:`)",
+                    path.display()
+                );
+            }
+            topology
+        }
+        None => Topology {
+            cluster: args
+                .cluster_name
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            nodes: vec![periscope_topology::Node {
+                name: args.node.clone(),
+                address: None,
+                ips: vec![],
+            }],
+            pods: vec![],
+            services: vec![],
+        },
+    };
+    // The namespace whose routes place the pods (without a topology).
+    let route_netns = match (&args.netns, k8s_endpoints) {
+        (Some(p), true) => Some(
+            std::fs::File::open(p)
+                .with_context(|| format!("--netns {}: open network namespace", p.display()))?,
+        ),
+        _ => None,
+    };
     let policies = match &args.policy {
         Some(p) => PolicySet::load(p)?,
         None => PolicySet::default(),
@@ -346,7 +435,11 @@ async fn run(
     // Metadata sources.
     let etcd_view = SharedView::default();
     let etcd_ids: etcd::SharedIdentities = Default::default();
-    let jitter = args.startup_jitter.delay(topology.nodes.len());
+    let jitter = if k8s_endpoints {
+        args.startup_jitter.delay_unknown_fleet()
+    } else {
+        args.startup_jitter.delay(topology.nodes.len())
+    };
     if !args.etcd_endpoints.is_empty() {
         let source = etcd::run(
             etcd::EtcdConfig {
@@ -377,14 +470,20 @@ async fn run(
             source.await
         });
     }
-    let remote = || {
+    // The endpoints of the sources, less the Kubernetes pods attached here.
+    let remote = |here: &LocalPods| {
         let k = k8s_view.snapshot();
         Remote {
             pods: etcd_view
                 .snapshot()
                 .pods
                 .into_values()
-                .chain(k.pods.into_values())
+                .chain(
+                    k.pods
+                        .into_iter()
+                        .filter(|(key, _)| !here.attached.contains_key(key))
+                        .map(|(_, p)| p),
+                )
                 .collect(),
             identities: etcd_ids.lock().expect("identities").clone(),
             services: k.services,
@@ -409,26 +508,55 @@ async fn run(
         all.add_documents(k.policies.iter().map(|(key, v)| (key.as_str(), v)))?;
         Ok(all)
     };
+    // This node's pods from the Kubernetes source, placed at their interfaces (none with a
+    // topology file); a new placement is looked for every ENDPOINT_RESYNC too.
+    let place_local = |pods: &std::collections::BTreeMap<String, periscope_topology::Pod>| {
+        match local_pods::read_route_table(route_netns.as_ref()) {
+            Ok(table) => Some(local_pods::place(&args.node, pods, &table)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the routes to this node's pods; the endpoints stay as they are");
+                None
+            }
+        }
+    };
+    let mut here = LocalPods::default();
+    let mut discovered_at = std::time::Instant::now();
     let started = events::now();
-    let (mut state, specs) =
-        State::build(&args.node, &topology, &remote(), policies.clone(), &build);
+    let (mut state, specs) = State::build(
+        &args.node,
+        &topology,
+        &remote(&here),
+        policies.clone(),
+        &build,
+    );
     let mut last_good = (topology, policies);
-    dp.sync_ipcache(&state.ipcache)?;
-    let ids = dp.sync_endpoints(&specs)?;
-    state.set_endpoint_ids(&ids);
-    lb.sync(&state.lb_services)?;
-    state.lb_frontends = lb.views().clone();
-    state.revision = 1;
+    // Whether the datapath has been given a state by this run (without a topology: not before
+    // the Kubernetes source has listed everything once, so a restart does not detach the
+    // pinned endpoints in the meantime).
+    let mut synced_once = !k8s_endpoints;
+    // Whether the last state could not be applied (an interface gone meanwhile): the next look
+    // at the routes applies again even when it finds the same placement.
+    let mut apply_failed = false;
+    if synced_once {
+        dp.sync_ipcache(&state.ipcache)?;
+        let ids = dp.sync_endpoints(&specs)?;
+        state.set_endpoint_ids(&ids);
+        lb.sync(&state.lb_services)?;
+        state.lb_frontends = lb.views().clone();
+        state.revision = 1;
+    } else {
+        tracing::info!(node = %args.node, "no topology file: this node's endpoints come from the Kubernetes API; the datapath stays as it is until the API has been listed");
+    }
     // Agent events: what the agent started with, then the start itself (Cilium's order).
     let agent_events = AgentEventRing::new(args.agent_events_capacity);
     warn_named_ports(&State::default(), &state);
     agent_events.push(events::diff(&State::default(), &state));
     agent_events.push([events::agent_started(started)]);
     let mut progress = status::Progress {
-        revision: 1,
+        revision: state.revision,
         ..Default::default()
     };
-    tracing::info!(node = %args.node, endpoints = ids.len(), policies = state.policies.policies.len(),
+    tracing::info!(node = %args.node, endpoints = state.endpoints.len(), policies = state.policies.policies.len(),
         version = dp.version(), "datapath ready");
 
     let (tx, rx) = mpsc::channel::<Vec<RawEvent>>(1024);
@@ -540,7 +668,7 @@ async fn run(
     let mut queue_lost_seen = 0u64;
 
     // Reload loop: policies and topology are re-read when their files change.
-    let mut inputs: Vec<PathBuf> = vec![args.topology.clone()];
+    let mut inputs: Vec<PathBuf> = args.topology.iter().cloned().collect();
     inputs.extend(args.policy.clone());
     let mut seen = fingerprint(&inputs.iter().map(|p| p.as_path()).collect::<Vec<_>>());
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -577,15 +705,25 @@ async fn run(
             tracing::debug!(removed = n, backends, "conntrack gc");
             gc_at = std::time::Instant::now();
         }
+        // Without a topology: look at the routes again now and then (CNIs add a pod's route
+        // after the pod appears in the API, and remove it before the pod goes away).
+        let mut resync = false;
+        if k8s_endpoints && discovered_at.elapsed() >= ENDPOINT_RESYNC {
+            resync = true;
+            discovered_at = std::time::Instant::now();
+        }
         let now = fingerprint(&inputs.iter().map(|p| p.as_path()).collect::<Vec<_>>());
-        if now == seen && !force {
+        if now == seen && !force && !resync {
             continue;
         }
         let files_changed = now != seen;
         seen = now;
         if files_changed {
             let loaded = (|| -> Result<(Topology, PolicySet)> {
-                let t = Topology::load(&args.topology)?;
+                let t = match &args.topology {
+                    Some(path) => Topology::load(path)?,
+                    None => last_good.0.clone(),
+                };
                 let p = match &args.policy {
                     Some(p) => PolicySet::load(p)?,
                     None => PolicySet::default(),
@@ -608,6 +746,23 @@ async fn run(
                 }
             }
         }
+        if k8s_endpoints {
+            let k = k8s_view.snapshot();
+            if !k.synced {
+                // Nothing changes before the first complete view of the API.
+                progress.error = k
+                    .last_error
+                    .map(|e| format!("waiting for the Kubernetes API: {e}"));
+                continue;
+            }
+            let placed = place_local(&k.pods).unwrap_or_else(|| here.clone());
+            if synced_once && !apply_failed && placed == here && !force && !files_changed {
+                continue; // the routes did not change anything
+            }
+            log_placement(&here, &placed);
+            discovered_at = std::time::Instant::now();
+            here = placed;
+        }
         let policies = match with_api_policies(&last_good.1) {
             Ok(p) => p,
             Err(e) => {
@@ -618,8 +773,19 @@ async fn run(
                 continue;
             }
         };
+        let with_local;
+        let topology = if k8s_endpoints {
+            with_local = Topology {
+                pods: here.attached.values().cloned().collect(),
+                ..last_good.0.clone()
+            };
+            &with_local
+        } else {
+            &last_good.0
+        };
         let (mut new_state, specs) =
-            State::build(&args.node, &last_good.0, &remote(), policies, &build);
+            State::build(&args.node, topology, &remote(&here), policies, &build);
+        new_state.unattached = here.unattached.clone();
         let applied = dp
             .sync_ipcache(&new_state.ipcache)
             .and_then(|_| dp.sync_endpoints(&specs))
@@ -632,6 +798,8 @@ async fn run(
             Ok(ids) => {
                 new_state.set_endpoint_ids(&ids);
                 new_state.lb_frontends = lb.views().clone();
+                synced_once = true;
+                apply_failed = false;
                 progress.revision += 1;
                 new_state.revision = progress.revision;
                 progress.error = None;
@@ -649,6 +817,7 @@ async fn run(
                 *state.write().await = new_state;
             }
             Err(e) => {
+                apply_failed = true;
                 tracing::error!(error = %e, "applying the new state failed");
                 progress.rejected += 1;
                 progress.error = Some(e.to_string());

@@ -28,6 +28,10 @@ pub struct SourceView {
     /// Services with their frontends and backends by (namespace, name), for the agent's
     /// SERVICE_UPSERTED / SERVICE_DELETED events.
     pub service_details: BTreeMap<(String, String), ServiceInfo>,
+    /// Whether the content is complete: the source has listed everything once (it then stays
+    /// true through outages, with the last content). An agent without a topology file changes
+    /// nothing in the datapath before its Kubernetes source is synced.
+    pub synced: bool,
     /// Whether the backend is reachable right now.
     pub connected: bool,
     /// Last error talking to the backend.
@@ -87,12 +91,14 @@ impl SharedView {
             v.policies.clone(),
             v.services.clone(),
             v.service_details.clone(),
+            v.synced,
         );
         f(&mut v);
         let changed = before.0 != v.pods
             || before.1 != v.policies
             || before.2 != v.services
-            || before.3 != v.service_details;
+            || before.3 != v.service_details
+            || before.4 != v.synced;
         drop(v);
         if changed {
             self.changed.notify_one();
@@ -170,6 +176,9 @@ impl StartupJitter {
     pub const PER_NODE: Duration = Duration::from_millis(20);
     /// The largest window of `auto`.
     pub const AUTO_MAX: Duration = Duration::from_secs(60);
+    /// The window of `auto` when the fleet's size is unknown (no topology file: the agent's
+    /// endpoints come from the Kubernetes API, so the window also delays the first attachment).
+    pub const AUTO_UNKNOWN_FLEET: Duration = Duration::from_secs(5);
 
     /// The window for a fleet of `nodes` nodes.
     pub fn window(&self, nodes: usize) -> Duration {
@@ -183,7 +192,19 @@ impl StartupJitter {
 
     /// A delay drawn uniformly from the window for `nodes` nodes.
     pub fn delay(&self, nodes: usize) -> Duration {
-        let w = self.window(nodes);
+        Self::draw(self.window(nodes))
+    }
+
+    /// A delay for a fleet of unknown size: `auto` draws from
+    /// [`StartupJitter::AUTO_UNKNOWN_FLEET`].
+    pub fn delay_unknown_fleet(&self) -> Duration {
+        Self::draw(match self {
+            Self::Auto => Self::AUTO_UNKNOWN_FLEET,
+            Self::Window(w) => *w,
+        })
+    }
+
+    fn draw(w: Duration) -> Duration {
         if w.is_zero() {
             return w;
         }
@@ -239,6 +260,8 @@ mod tests {
         assert_eq!(StartupJitter::Auto.window(1000), ms(20_000));
         assert_eq!(StartupJitter::Auto.window(100_000), StartupJitter::AUTO_MAX);
         assert_eq!(StartupJitter::Window(ms(0)).delay(1000), ms(0));
+        assert_eq!(StartupJitter::Window(ms(0)).delay_unknown_fleet(), ms(0));
+        assert!(StartupJitter::Auto.delay_unknown_fleet() <= StartupJitter::AUTO_UNKNOWN_FLEET);
         // Delays fall in the window and spread over it.
         let delays: Vec<Duration> = (0..200).map(|_| StartupJitter::Auto.delay(1000)).collect();
         assert!(delays.iter().all(|d| *d <= ms(20_000)), "{delays:?}");

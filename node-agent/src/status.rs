@@ -160,6 +160,12 @@ pub fn write(
         "metrics_address": progress.metrics_address,
         "error": progress.error,
         "endpoints": endpoints,
+        // Pods of this node not attached (no topology file: no per-pod route to a veth yet).
+        "unattached_pods": state.unattached.iter().map(|(name, u)| json!({
+            "name": name,
+            "ips": u.ips.iter().map(|ip| ip.to_string()).collect::<Vec<_>>(),
+            "reason": u.reason.to_string(),
+        })).collect::<Vec<_>>(),
         "policies": state.policies.policies.iter().map(|p| json!({
             "kind": p.kind, "name": p.name, "namespace": p.namespace,
             "source": p.source.display().to_string(),

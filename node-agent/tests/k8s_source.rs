@@ -624,3 +624,47 @@ async fn without_cilium_crds_the_source_still_syncs() {
     task.abort();
     server.stop().await;
 }
+
+/// An agent without a topology waits for `synced` before it changes its datapath: the flag comes
+/// with the first complete view and signals a change even when the cluster is empty (nothing
+/// else changed), and it stays through an outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_complete_view_is_signalled_as_synced_even_when_empty() {
+    let lists: BTreeMap<String, Value> = base_fixtures()
+        .into_iter()
+        .map(|(path, mut list)| {
+            list["items"] = Value::Array(vec![]);
+            (path, list)
+        })
+        .collect();
+    let server = FakeApiServer::start(0, lists).await;
+    let view = SharedView::default();
+    assert!(!view.snapshot().synced);
+    let task = tokio::spawn(k8s::run(config(server.url()), view.clone()));
+    changed_until(&view, "synced", Duration::from_secs(10), |v| v.synced).await;
+    let v = view.snapshot();
+    assert!(v.pods.is_empty() && v.policies.is_empty() && v.services.is_empty());
+    server.stop().await;
+    poll_until(&view, "the outage", Duration::from_secs(10), |v| {
+        !v.connected
+    })
+    .await;
+    assert!(
+        view.snapshot().synced,
+        "the last complete view stays in force"
+    );
+    task.abort();
+}
+
+/// `in-cluster` takes the pod's service account; outside a pod that is an error naming it.
+#[tokio::test]
+async fn in_cluster_outside_a_pod_is_an_error_naming_it() {
+    if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+        eprintln!("skipped: running inside a Kubernetes pod");
+        return;
+    }
+    let Err(err) = k8s::client(&K8sConfig::new(k8s::IN_CLUSTER)) else {
+        panic!("in-cluster outside a pod must fail");
+    };
+    assert!(err.contains("in-cluster"), "{err}");
+}
