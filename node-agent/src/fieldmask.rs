@@ -285,6 +285,8 @@ message!(FLOW: Flow = "flow.Flow" [
     (value "egress_denied_by" egress_denied_by),
     (value "ingress_denied_by" ingress_denied_by),
     (value "Summary" summary),
+    (value "periscope_bytes" periscope_bytes),
+    (value "periscope_packets" periscope_packets),
 ]);
 
 message!(TIMESTAMP: Timestamp = "google.protobuf.Timestamp" [
@@ -555,6 +557,8 @@ mod tests {
             egress_denied_by: vec![policy("e-d")],
             ingress_denied_by: vec![policy("i-d")],
             summary: "TCP Flags: SYN".into(),
+            periscope_bytes: 9_148,
+            periscope_packets: 5,
         }
     }
 

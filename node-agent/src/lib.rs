@@ -1,5 +1,6 @@
 //! Periscope node agent: loads the eBPF datapath, turns topology and policies into map entries,
 //! reads the per-CPU perf ring and decodes flow events into Hubble flows.
+pub mod accounting;
 pub mod agent;
 pub mod datapath;
 pub mod decoder;

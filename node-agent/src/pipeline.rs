@@ -9,6 +9,7 @@ use periscope_proto::flow::{LostEvent, LostEventSource};
 use prost::Message;
 use tokio::sync::{RwLock, mpsc};
 
+use crate::accounting::Accountant;
 use crate::agent::State;
 use crate::decoder;
 use crate::metrics::Metrics;
@@ -58,15 +59,24 @@ pub fn queue_lost(count: u64) -> Event {
     })
 }
 
-/// Decodes one event and enriches it with DNS names (when the DNS enricher is on).
+/// Per-event state of the decoder stage: the byte accountant and the DNS enricher.
+struct Stage<'a> {
+    bytes: &'a mut Accountant,
+    dns: &'a mut Option<crate::dns::DnsEnricher>,
+}
+
+/// Decodes one event, sets its byte and packet share and enriches it with DNS names (when the
+/// DNS enricher is on).
 fn flow(
     ev: &periscope_datapath_common::FlowEvent,
     payload: &[u8],
     st: &State,
     boot_offset: i128,
-    dns: &mut Option<crate::dns::DnsEnricher>,
+    stage: &mut Stage<'_>,
 ) -> Event {
     let mut f = decoder::decode(ev, st, boot_offset);
+    (f.periscope_bytes, f.periscope_packets) = stage.bytes.share(ev);
+    let dns = &mut *stage.dns;
     if let Some(d) = dns.as_mut() {
         d.enrich(&mut f, ev, payload);
     }
@@ -83,6 +93,7 @@ pub async fn run(
     let boot_offset = decoder::boot_to_realtime_offset_ns();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout());
     let mut events = Vec::with_capacity(256);
+    let mut bytes = Accountant::new();
     while let Some(first) = rx.recv().await {
         // Take whatever else is queued, and order it by time: the per-CPU rings are read
         // independently, so their events interleave out of order within a reader interval.
@@ -99,11 +110,15 @@ pub async fn run(
         });
         {
             let st = state.read().await;
+            let mut stage = Stage {
+                bytes: &mut bytes,
+                dns: &mut outputs.dns,
+            };
             for raw in raws {
                 events.push(match raw {
-                    RawEvent::Sample(ev) => flow(&ev, &[], &st, boot_offset, &mut outputs.dns),
+                    RawEvent::Sample(ev) => flow(&ev, &[], &st, boot_offset, &mut stage),
                     RawEvent::Captured(ev, payload) => {
-                        flow(&ev, &payload, &st, boot_offset, &mut outputs.dns)
+                        flow(&ev, &payload, &st, boot_offset, &mut stage)
                     }
                     RawEvent::Lost { cpu, count } => perf_lost(cpu, count),
                 });

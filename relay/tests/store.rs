@@ -409,7 +409,7 @@ async fn the_spool_is_replayed_after_a_writer_restart() {
 }
 
 /// The writer settles the map's quiet minutes in the background (storage migration 0006) and
-/// the map reads the same from them: a first writer that never settles stores flows (some twice),
+/// the map reads the same from them, bytes included (0007): a first writer that never settles stores flows (some twice),
 /// the map is read; a second writer on the same database settles, and the map reads the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_writer_settles_quiet_minutes_and_the_map_stays_the_same() {
@@ -424,6 +424,7 @@ async fn the_writer_settles_quiet_minutes_and_the_map_stays_the_same() {
             f.time = Some(ts(start_ns
                 + (i as i64 % 10) * 60_000_000_000
                 + i as i64 * 1000));
+            f.periscope_bytes = 100;
             f
         })
         .collect();
@@ -446,6 +447,10 @@ async fn the_writer_settles_quiet_minutes_and_the_map_stays_the_same() {
     let unsettled = map().await.unwrap();
     let total: u64 = unsettled.iter().map(|e| e.flows).sum();
     assert!(total > 0, "the map has edges: {unsettled:?}");
+    // Bytes: each counted flow's 100 once, the replayed copies included (migration 0007).
+    for e in &unsettled {
+        assert_eq!(e.bytes, 100 * e.flows, "{e:?}");
+    }
     let minutes = |sql: &'static str| {
         let client = client.clone();
         async move { client.query(sql).fetch_one::<u64>().await.unwrap() }

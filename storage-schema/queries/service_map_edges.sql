@@ -1,7 +1,8 @@
 -- Service-map edges in a window, from flow_edges_1m (per-minute aggregates of the MV).
 --
 -- One row per (cluster, source, destination, port, protocol, verdict) over the minutes that
--- overlap the window, most flows first. Ends are named by workload, else pod, else their
+-- overlap the window, most flows first, with the flows' bytes (migration 0007: each counted flow's
+-- `bytes` once; 0 for minutes aggregated before 0007). Ends are named by workload, else pod, else their
 -- reserved: label (reserved:world, ...). What counts is the view's rule, the live map's
 -- (`periscope_ui_api::edge_of`), from migration 0005_flow_edges_1m_edge_rule on: one observation
 -- per packet. Replies, records without L4 and L7 records, and policy verdict notifications
@@ -33,13 +34,14 @@ SELECT
     protocol,
     verdict,
     sum(flows) AS flows,
+    sum(bytes) AS bytes,
     min(first_seen_ns) AS first_seen_ns,
     max(last_seen_ns) AS last_seen_ns
 FROM
 (
     SELECT
         cluster, source_namespace, source, destination_namespace, destination,
-        destination_port, protocol, verdict, flows, first_seen_ns, last_seen_ns
+        destination_port, protocol, verdict, flows, bytes, first_seen_ns, last_seen_ns
     FROM flow_edges_1m_settled
     WHERE minute >= toStartOfMinute(toDateTime(intDiv({since_ns:Int64}, 1000000000)))
         AND minute <= toDateTime(intDiv({until_ns:Int64}, 1000000000))
@@ -65,6 +67,7 @@ FROM
         cluster, source_namespace, source, destination_namespace, destination,
         destination_port, protocol, verdict,
         uniqExactMerge(flows) AS flows,
+        arraySum(x -> tupleElement(x, 2), groupUniqArrayMerge(flow_bytes)) AS bytes,
         minMerge(first_seen_ns) AS first_seen_ns,
         maxMerge(last_seen_ns) AS last_seen_ns
     FROM flow_edges_1m

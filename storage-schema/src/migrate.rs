@@ -97,6 +97,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(4, "0004", "alerts"),
     migration!(5, "0005", "flow_edges_1m_edge_rule"),
     migration!(6, "0006", "flow_edges_settled"),
+    migration!(7, "0007", "flow_edges_bytes"),
 ];
 
 /// Tables that hold flows and are partitioned by day (`toYYYYMMDD`), with their TTL column
@@ -350,6 +351,12 @@ pub async fn migrate(client: &Client, config: &MigrateConfig) -> Result<MigrateR
         }
         let statements = render_migration(migration, schema_dialect, config)?;
         for (i, statement) in statements.iter().enumerate() {
+            if let Some((table, column)) = added_column(statement)
+                && column_exists(&client, db, &table, &column).await?
+            {
+                // A run cut short already added it (18.16 has no ADD COLUMN IF NOT EXISTS).
+                continue;
+            }
             client
                 .query_raw(statement)
                 .execute()
@@ -386,6 +393,45 @@ pub async fn migrate(client: &Client, config: &MigrateConfig) -> Result<MigrateR
         report.applied.push(migration.version);
     }
     Ok(report)
+}
+
+/// `(table, column)` of a statement `ALTER TABLE <db>.<table> [ON CLUSTER c] ADD COLUMN <column>
+/// ...` (without `IF NOT EXISTS`): the legacy dialect's way to add a column, which fails when the
+/// column is there, so [`migrate`] runs it only when it is not.
+fn added_column(statement: &str) -> Option<(String, String)> {
+    let words: Vec<&str> = statement
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .flat_map(str::split_whitespace)
+        .collect();
+    let upper = |i: usize| words.get(i).map(|w| w.to_ascii_uppercase());
+    if upper(0)? != "ALTER" || upper(1)? != "TABLE" {
+        return None;
+    }
+    let add = (2..words.len()).find(|&i| {
+        upper(i).as_deref() == Some("ADD") && upper(i + 1).as_deref() == Some("COLUMN")
+    })?;
+    if upper(add + 2).as_deref() == Some("IF") {
+        return None;
+    }
+    let table = words[2].rsplit('.').next()?.trim_matches('`').to_owned();
+    let column = words.get(add + 2)?.trim_matches('`').to_owned();
+    Some((table, column))
+}
+
+/// Whether `db.table` has `column`.
+async fn column_exists(client: &Client, db: &str, table: &str, column: &str) -> Result<bool> {
+    let n: u64 = client
+        .query("SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?")
+        .bind(db)
+        .bind(table)
+        .bind(column)
+        .fetch_one()
+        .await
+        .map_err(ch_err(format!(
+            "looking for column {column} of {db}.{table}"
+        )))?;
+    Ok(n > 0)
 }
 
 /// What [`apply_retention`] did.
@@ -513,6 +559,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn added_columns_are_recognised() {
+        assert_eq!(
+            added_column(
+                "ALTER TABLE `p`.flow_edges_1m ON CLUSTER c\n    ADD COLUMN flow_bytes UInt64"
+            ),
+            Some(("flow_edges_1m".into(), "flow_bytes".into()))
+        );
+        assert_eq!(
+            added_column("-- comment\nalter table t add column `b` UInt64"),
+            Some(("t".into(), "b".into()))
+        );
+        assert_eq!(
+            added_column("ALTER TABLE t ADD COLUMN IF NOT EXISTS b UInt64"),
+            None
+        );
+        assert_eq!(added_column("ALTER TABLE t MODIFY TTL x"), None);
+        assert_eq!(added_column("CREATE TABLE t (a UInt8) ENGINE = Log"), None);
+        // Every legacy migration's ADD COLUMN is recognised; the modern ones say IF NOT EXISTS.
+        let cfg = MigrateConfig::default();
+        let adds = |dialect| -> Vec<(String, String)> {
+            MIGRATIONS
+                .iter()
+                .flat_map(|m| render_migration(m, dialect, &cfg).unwrap())
+                .filter_map(|st| added_column(&st))
+                .collect()
+        };
+        assert_eq!(
+            adds(Dialect::Legacy),
+            [
+                ("flow_edges_1m", "flow_bytes"),
+                ("flow_edges_1m_settled", "bytes")
+            ]
+            .map(|(t, c)| (t.to_owned(), c.to_owned()))
+        );
+        assert!(adds(Dialect::Modern).is_empty());
+    }
+
+    #[test]
     fn migrations_are_ordered_and_fully_rendered() {
         let mut last = 0;
         for m in MIGRATIONS {
@@ -542,6 +626,9 @@ mod tests {
                     assert!(s.contains(" ON CLUSTER `main-1`"), "no ON CLUSTER in {s}");
                     let idempotent = if s.starts_with("DROP ") {
                         s.contains(" IF EXISTS ")
+                    } else if added_column(s).is_some() {
+                        // The runner skips it when the column is there.
+                        true
                     } else {
                         s.contains("IF NOT EXISTS")
                     };

@@ -574,6 +574,8 @@ pub struct ServiceMapEdge {
     pub verdict: String,
     /// Flows on the edge.
     pub flows: u64,
+    /// Their bytes (each flow's `bytes` once; 0 for minutes aggregated before migration 0007).
+    pub bytes: u64,
     /// First one, Unix ns.
     pub first_seen_ns: i64,
     /// Last one, Unix ns.

@@ -249,10 +249,11 @@ pub struct FlowRow {
     pub kafka_topic: String,
     /// Flow.Summary.
     pub summary: String,
-    /// Bytes this row accounts for. Hubble's Flow carries no byte count, so
-    /// [`FlowRow::from_flow`] stores 0; a producer that knows it may set it.
+    /// Flow.periscope_bytes: the bytes of its connection this flow record accounts for (both
+    /// directions; see the field in `flow.proto`). 0 from producers that do not count (Hubble's
+    /// Flow has no byte count).
     pub bytes: u64,
-    /// Packets this row accounts for: 1 per Flow (one flow event is one observed packet).
+    /// Flow.periscope_packets: the packets counted the same way.
     pub packets: u64,
 }
 
@@ -371,8 +372,8 @@ impl FlowRow {
             socket_cookie: f.socket_cookie,
             cgroup_id: f.cgroup_id,
             summary: f.summary.clone(),
-            bytes: 0,
-            packets: 1,
+            bytes: f.periscope_bytes,
+            packets: f.periscope_packets,
             ..Default::default()
         };
         if let Some(e) = &f.event_type {
@@ -614,7 +615,7 @@ impl FlowRow {
     /// The Flow this row was made from.
     ///
     /// Every stored field comes back as it was. What is not stored: the cluster (a relay-level
-    /// attribute), `bytes` and `packets` (not Flow fields). Presence of optional sub-messages is
+    /// attribute). Presence of optional sub-messages is
     /// inferred: `ethernet`, `IP`, `source`, `destination`, `source_service`,
     /// `destination_service`, `interface`, `event_type`, `trace_context` and `l7` are present
     /// when any of their fields is set, `l4` when the protocol is known, TCP flags whenever the
@@ -652,6 +653,8 @@ impl FlowRow {
             uuid: self.uuid.clone(),
             auth_type: self.enum_value::<AuthType>("auth_type", &self.auth_type)?,
             summary: self.summary.clone(),
+            periscope_bytes: self.bytes,
+            periscope_packets: self.packets,
             ..Default::default()
         };
         if self.event_type != 0 || self.event_sub_type != 0 {
@@ -857,7 +860,10 @@ mod tests {
         assert_eq!(row.verdict, "DROPPED");
         assert_eq!(row.tcp_flags, vec!["SYN", "ACK", "NS"]);
         assert_eq!(row.source_workload, "frontend");
-        assert_eq!(row.packets, 1);
+        assert_eq!(
+            (row.bytes, row.packets),
+            (f.periscope_bytes, f.periscope_packets)
+        );
         assert_eq!(row.to_flow().unwrap(), f);
     }
 

@@ -98,12 +98,12 @@ async fn migrations_apply_in_order_and_reapplying_is_a_noop() {
     let first = migrate(&client, &cfg).await.expect("first migrate");
     assert_eq!(first.server_dialect, Dialect::Legacy);
     assert_eq!(first.schema_dialect, Dialect::Legacy);
-    assert_eq!(first.applied, vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(first.applied, vec![1, 2, 3, 4, 5, 6, 7]);
     assert!(first.already_applied.is_empty());
 
     let second = migrate(&client, &cfg).await.expect("second migrate");
     assert!(second.applied.is_empty(), "{second:?}");
-    assert_eq!(second.already_applied, vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(second.already_applied, vec![1, 2, 3, 4, 5, 6, 7]);
 
     let tables: Vec<String> = client
         .query_raw("SELECT name FROM system.tables WHERE database = 'periscope_m' ORDER BY name")
@@ -131,7 +131,7 @@ async fn migrations_apply_in_order_and_reapplying_is_a_noop() {
         "SELECT count() FROM periscope_m.schema_migrations WHERE dialect = 'legacy'",
     )
     .await;
-    assert_eq!(recorded, 6);
+    assert_eq!(recorded, 7);
 
     // A migration cut short (tables there, not recorded) is finished by the next run.
     client
@@ -139,15 +139,21 @@ async fn migrations_apply_in_order_and_reapplying_is_a_noop() {
         .execute()
         .await
         .expect("forgetting migration 3");
+    // 0007 too: its ADD COLUMNs (18.16 has no IF NOT EXISTS) must not fail the second time.
+    client
+        .query_raw("ALTER TABLE periscope_m.schema_migrations DELETE WHERE version = 7")
+        .execute()
+        .await
+        .expect("forgetting migration 7");
     wait_for_mutations(&client, "periscope_m").await;
     let third = migrate(&client, &cfg).await.expect("third migrate");
-    assert_eq!(third.applied, vec![3]);
+    assert_eq!(third.applied, vec![3, 7]);
 
     // Another database on the same server is independent.
     let other = migrate(&client, &config("periscope_other", 7))
         .await
         .expect("other db");
-    assert_eq!(other.applied, vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(other.applied, vec![1, 2, 3, 4, 5, 6, 7]);
 }
 
 async fn wait_for_mutations(client: &Client, database: &str) {
@@ -454,15 +460,22 @@ async fn the_map_counts_one_observation_per_packet_from_0005_on() {
     insert(&client, &cfg.database, &scenario.before).await;
 
     let report = migrate(&client, &cfg).await.expect("migrate");
-    assert_eq!(report.applied, vec![5, 6]);
+    assert_eq!(report.applied, vec![5, 6, 7]);
     assert_eq!(report.already_applied, vec![1, 2, 3, 4]);
-    // A run cut short after 0005's statements runs them again: same view.
-    let m5 = MIGRATIONS.iter().find(|m| m.version == 5).expect("0005");
-    run_all(
-        &client,
-        &render_migration(m5, Dialect::Legacy, &cfg).expect("render"),
-    )
-    .await;
+    // A run cut short after 0005's statements runs them again: same view; then 0007's view
+    // again (its ADD COLUMNs are there: the runner skips them, and so does this).
+    for version in [5, 7] {
+        let m = MIGRATIONS
+            .iter()
+            .find(|m| m.version == version)
+            .expect("migration");
+        let statements: Vec<String> = render_migration(m, Dialect::Legacy, &cfg)
+            .expect("render")
+            .into_iter()
+            .filter(|st| !st.contains("ADD COLUMN"))
+            .collect();
+        run_all(&client, &statements).await;
+    }
     // The flows after, then a replay of them.
     insert(&client, &cfg.database, &scenario.after).await;
     insert(&client, &cfg.database, &scenario.after).await;
@@ -537,7 +550,7 @@ async fn settled_minutes_stay_exact() {
         format!(
             "INSERT INTO periscope_s.flow_edges_1m_settled SELECT minute, cluster, {settle_id}, \
              source_namespace, source, destination_namespace, destination, destination_port, \
-             protocol, verdict, flows * {times}, first_seen_ns, last_seen_ns \
+             protocol, verdict, flows * {times}, first_seen_ns, last_seen_ns, bytes * {times} \
              FROM periscope_s.flow_edges_1m_settled WHERE settle_id = {run_id}"
         )
     };
@@ -580,6 +593,7 @@ async fn settled_minutes_stay_exact() {
         .find(|e| e.source == "frontend" && e.destination == "api" && e.verdict == "FORWARDED")
         .expect("the frontend → api edge");
     edge.flows += 1;
+    edge.bytes += late.bytes;
     edge.last_seen_ns = late.time_ns;
     grown.sort_by(|a, b| {
         b.flows

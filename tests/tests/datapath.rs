@@ -567,6 +567,103 @@ fn flows_match_the_traffic() {
     assert_eq!(uuids.len(), flows.len(), "flow uuids are unique");
 }
 
+/// Flows carry the bytes and packets of their connection (`periscope_bytes` /
+/// `periscope_packets`): under aggregation a connection has few records, and its records that are
+/// not replies, at one observation point, add up to its traffic both ways.
+#[test]
+fn flows_carry_the_bytes_of_their_connection() {
+    let tb = testbed();
+    let (web, api, db) = (tb.pod("shop/web"), tb.pod("shop/api"), tb.pod("data/db"));
+    let agent = Agent::start(
+        &tb,
+        "n1",
+        MATRIX_POLICY,
+        &["--monitor-aggregation", "medium"],
+    );
+    let server = TcpEchoServer::start(db, 5432);
+    const MESSAGES: usize = 20;
+    const SIZE: usize = 1000;
+    let mut c = TcpClientConn::connect(api, db.v4(5432), T).expect("connect");
+    let port = c.local_addr().expect("addr").port() as u32;
+    for i in 0..MESSAGES {
+        c.echo(&[b'a' + (i % 26) as u8; SIZE]).expect("echo");
+    }
+    c.close().expect("close");
+    assert_blocked(
+        traffic::tcp_probe(web, db.v4(5432), Duration::from_millis(200)),
+        "web -> db",
+    );
+    // The client's FIN is the connection's last record in the request direction.
+    let is_fin = |f: &Flow| {
+        matches!(f.l4.as_ref().and_then(|l| l.protocol),
+            Some(Protocol::Tcp(t)) if t.flags.is_some_and(|fl| fl.fin))
+    };
+    let at_db = |f: &Flow| {
+        is_trace(f)
+            && ports(f) == (port, 5432)
+            && f.traffic_direction == TrafficDirection::Ingress as i32
+            && f.is_reply == Some(false)
+    };
+    let flows = agent.wait_flows(Duration::from_secs(5), "the FIN at db and a drop", |fl| {
+        fl.iter().any(|f| at_db(f) && is_fin(f))
+            && fl.iter().any(|f| is_drop(f) && src(f) == "shop/web")
+    });
+    assert_eq!(server.bytes_echoed(), (MESSAGES * SIZE) as u64);
+
+    let records: Vec<&Flow> = flows.iter().filter(|f| at_db(f)).collect();
+    let bytes: u64 = records.iter().map(|f| f.periscope_bytes).sum();
+    let packets: u64 = records.iter().map(|f| f.periscope_packets).sum();
+    let payload = 2 * (MESSAGES * SIZE) as u64;
+    // Every request and every echo, with the handshake; far fewer records than packets.
+    assert!(
+        packets >= 2 * MESSAGES as u64 + 3,
+        "{packets} packets in {} records",
+        records.len()
+    );
+    assert!(
+        records.len() < packets as usize / 4,
+        "aggregated: {} records for {packets} packets",
+        records.len()
+    );
+    // Each packet: Ethernet (14) + IPv4 (20) + TCP (20 to 60) headers, plus the payload.
+    assert!(
+        bytes >= payload + 54 * packets && bytes <= payload + 94 * packets,
+        "{bytes} bytes for {payload} bytes of payload in {packets} packets"
+    );
+    eprintln!(
+        "{} records at db: {bytes} bytes, {packets} packets ({payload} bytes of payload)",
+        records.len()
+    );
+    // Replies carry none (their bytes are on the request direction's records).
+    let replies: Vec<&Flow> = flows
+        .iter()
+        .filter(|f| is_trace(f) && ports(f) == (5432, port) && f.is_reply == Some(true))
+        .collect();
+    assert!(!replies.is_empty(), "the echo's replies are traced");
+    assert!(
+        replies
+            .iter()
+            .all(|f| f.periscope_bytes == 0 && f.periscope_packets == 0)
+    );
+    // A drop carries its packet (a SYN: headers only); its policy verdict carries nothing.
+    let drop = flows
+        .iter()
+        .find(|f| is_drop(f) && src(f) == "shop/web")
+        .expect("the drop");
+    assert_eq!(drop.periscope_packets, 1);
+    assert!(
+        (54..=94).contains(&drop.periscope_bytes),
+        "a SYN of {} bytes",
+        drop.periscope_bytes
+    );
+    assert!(
+        flows
+            .iter()
+            .filter(|f| is_pv(f))
+            .all(|f| f.periscope_bytes == 0 && f.periscope_packets == 0)
+    );
+}
+
 #[test]
 fn aggregation_medium_bounds_events_of_a_long_connection() {
     let tb = testbed();

@@ -221,8 +221,15 @@ fn map_flows_streams_and_access_through_the_relay() {
     );
     assert!(ok["forwarded"].as_u64().unwrap() >= 3, "{ok}");
     assert_eq!(ok["dropped"], 0, "{ok}");
+    // Bytes (the agent's Flow.periscope_bytes): a probe's handshake and echo, headers included.
+    assert!(ok["bytes"].as_u64().unwrap() >= 3 * 54, "{ok}");
     let denied = edge(&map, "shop/web", "data/db").unwrap();
     assert!(denied["dropped"].as_u64().unwrap() >= 3, "{denied}");
+    // A dropped SYN: its headers.
+    assert!(
+        denied["bytes"].as_u64().unwrap() >= 54 * denied["dropped"].as_u64().unwrap(),
+        "{denied}"
+    );
     assert_eq!(denied["forwarded"], 0, "{denied}");
     let nodes: Vec<&str> = map["nodes"]
         .as_array()

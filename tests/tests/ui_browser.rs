@@ -155,6 +155,22 @@ fn the_ui_shows_the_map_flows_policies_and_alerts() {
         .unwrap_or_default()
         .to_string()
     };
+    // The edges' titles give their flows and bytes: "… TCP/5432: 4 forwarded, 1.2 KiB (click …)".
+    for css in [denied_edge, allowed_edge] {
+        let title = b
+            .execute(
+                "return document.querySelector(arguments[0]).querySelector('title').textContent",
+                &[serde_json::json!(css)],
+            )
+            .unwrap();
+        let title = title.as_str().unwrap_or_default();
+        let counts = title.trim_end_matches(" (click for the flows)");
+        let last = counts.rsplit(", ").next().unwrap_or_default();
+        assert!(
+            last.ends_with(" B") || last.ends_with("KiB"),
+            "no bytes in the edge's title: {title:?}"
+        );
+    }
     let (red, green) = (stroke(denied_edge), stroke(allowed_edge));
     assert_ne!(
         red, green,

@@ -293,6 +293,17 @@ pub fn direction_name(f: &Flow) -> &'static str {
     }
 }
 
+/// The bytes and packets of its connection the flow record accounts for (Periscope's agent
+/// counts them; see `Flow.periscope_bytes`): `1.5 KiB in 4 packets`, or a dash for none (replies,
+/// verdict notifications, other producers).
+pub fn traffic(f: &Flow) -> String {
+    match (f.periscope_bytes, f.periscope_packets) {
+        (0, 0) => "—".into(),
+        (b, 1) => format!("{} in 1 packet", bytes(b)),
+        (b, p) => format!("{} in {p} packets", bytes(b)),
+    }
+}
+
 /// The TCP flags set on the flow: `SYN ACK`.
 pub fn tcp_flags(f: &Flow) -> String {
     use periscope_proto::flow::layer4::Protocol;
@@ -464,6 +475,12 @@ mod tests {
     #[test]
     fn numbers_read_well() {
         assert_eq!(bytes(0), "0 B");
+        let mut f = Flow::default();
+        assert_eq!(traffic(&f), "—");
+        (f.periscope_bytes, f.periscope_packets) = (74, 1);
+        assert_eq!(traffic(&f), "74 B in 1 packet");
+        (f.periscope_bytes, f.periscope_packets) = (1536, 4);
+        assert_eq!(traffic(&f), "1.5 KiB in 4 packets");
         assert_eq!(bytes(1023), "1023 B");
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(bytes(50 * 1024 * 1024), "50 MiB");

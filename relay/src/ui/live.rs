@@ -173,7 +173,7 @@ impl LiveMap {
             bucket
                 .entry(key)
                 .or_insert_with_key(|k| MapEdge::new(k.clone()))
-                .count(verdict(f), 0, t);
+                .count(verdict(f), f.periscope_bytes, t);
         }
         while inner
             .minutes

@@ -141,7 +141,7 @@ pub async fn map_of(
                 edges
                     .entry(key)
                     .or_insert_with_key(|k| MapEdge::new(k.clone()))
-                    .add(v, r.flows, 0, r.first_seen_ns, r.last_seen_ns);
+                    .add(v, r.flows, r.bytes, r.first_seen_ns, r.last_seen_ns);
             }
             DataSource::Clickhouse
         }
@@ -166,7 +166,7 @@ pub async fn map_of(
                 edges
                     .entry(key)
                     .or_insert_with_key(|k| MapEdge::new(k.clone()))
-                    .count(periscope_ui_api::verdict(f), 0, t);
+                    .count(periscope_ui_api::verdict(f), f.periscope_bytes, t);
             }
             DataSource::Window
         }

@@ -158,5 +158,7 @@ pub fn full_flow() -> Flow {
             kind: "CiliumNetworkPolicy".into(),
         }],
         summary: "TCP Flags: SYN, ACK".into(),
+        periscope_bytes: 9_148,
+        periscope_packets: 5,
     }
 }

@@ -253,9 +253,19 @@ impl Spec {
             traffic_direction: self.direction as i32,
             ingress_denied_by: self.denied_by,
             summary: format!("seed {}", self.uuid),
+            periscope_bytes: seed_bytes(self.uuid),
+            periscope_packets: 1,
             ..Default::default()
         }
     }
+}
+
+/// The bytes of a seed flow: 60 + its number (`f05`: 65), so that sums tell flows apart; 1000
+/// for the other flows.
+fn seed_bytes(uuid: &str) -> u64 {
+    uuid.strip_prefix('f')
+        .and_then(|n| n.parse::<u64>().ok())
+        .map_or(1000, |n| 60 + n)
 }
 
 /// The seed flows, `t0` = [`base_time_ns`]. Uuids `f01`..`f19` (f00 are not used).
@@ -470,6 +480,19 @@ pub fn cases(t0: i64) -> Vec<Case> {
 
     let talker =
         |sns: &str, src: &str, dns: &str, dst: &str, port: u32, flows: u64, dropped: u64| {
+            // The seed's flows of the talker (seed_bytes: 60 + the uuid's number).
+            let bytes = match (src, dst, port) {
+                ("api", "db", _) => 63 + 75,
+                ("frontend", "db", _) => 64 + 65,
+                (_, "frontend", 22) => 67,
+                ("api", _, 443) => 68,
+                (_, "api", 8080) if src == EVIL_POD => 78,
+                ("frontend", _, 80) => 70,
+                ("frontend", _, 443) => 69,
+                ("frontend", "api", _) => 61,
+                ("intruder-1", ..) => 66,
+                other => panic!("no seed bytes for {other:?}"),
+            };
             TopTalker {
                 source_namespace: s(sns),
                 source: s(src),
@@ -480,7 +503,7 @@ pub fn cases(t0: i64) -> Vec<Case> {
                 flows,
                 dropped,
                 packets: flows,
-                bytes: 0,
+                bytes,
             }
         };
     cases.push(Case {
@@ -671,6 +694,17 @@ pub fn cases(t0: i64) -> Vec<Case> {
         protocol: s("TCP"),
         verdict: s(verdict),
         flows,
+        // The seed's flows of the edge (seed_bytes: 60 + the uuid's number): each counted
+        // flow once, the replayed f05, f06 and f09 included.
+        bytes: match (src, dst, port) {
+            (_, "frontend", 22) => 67,
+            ("api", _, 443) => 68,
+            ("frontend", _, 80) => 70,
+            ("frontend", _, 443) => 69,
+            ("frontend", "db", _) => 65,
+            ("intruder-1", "db", _) => 66,
+            other => panic!("no seed bytes for {other:?}"),
+        },
         first_seen_ns: at(first_ms),
         last_seen_ns: at(last_ms),
     };
@@ -967,6 +1001,8 @@ pub fn edge_rule(t0: i64) -> EdgeRule {
             protocol: s(protocol),
             verdict: s(verdict),
             flows,
+            // 1000 bytes per flow (seed_bytes), each once; minute 0 was aggregated before 0007.
+            bytes: if m == 0 { 0 } else { 1000 * flows },
             first_seen_ns: t0 + m * 60 * SEC + first_ms * 1_000_000,
             last_seen_ns: t0 + m * 60 * SEC + last_ms * 1_000_000,
         }

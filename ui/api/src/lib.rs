@@ -172,8 +172,9 @@ pub struct MapEdge {
     pub audit: u64,
     /// Flows with an error verdict or none.
     pub other: u64,
-    /// Bytes of the counted flows' packets (live and window data only; ClickHouse's view counts
-    /// flows, not bytes: 0 there).
+    /// Bytes of the counted flows (`Flow.periscope_bytes`: a connection's bytes both ways, on
+    /// its records that are not replies; ClickHouse counts each flow once, 0 for minutes stored
+    /// before migration 0007).
     pub bytes: u64,
     /// First flow, Unix nanoseconds.
     pub first_seen_ns: i64,

@@ -570,6 +570,8 @@ fn FlowDetail(row: Row, selected: RwSignal<Option<Row>>) -> impl IntoView {
                 <dd>{format::direction_name(&f)}</dd>
                 <dt>"Node"</dt>
                 <dd>{f.node_name.clone()}</dd>
+                <dt>"Traffic"</dt>
+                <dd class="traffic">{format::traffic(&f)}</dd>
                 <dt>"UUID"</dt>
                 <dd class="uuid">{f.uuid.clone()}</dd>
             </dl>
