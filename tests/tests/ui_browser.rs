@@ -177,6 +177,24 @@ fn the_ui_shows_the_map_flows_policies_and_alerts() {
         "dropped and forwarded edges look the same: {red}"
     );
     b.screenshot(shots.join("map.png")).unwrap();
+    // The namespace list opens, and a click elsewhere closes it.
+    b.find("details.ns-select summary").unwrap().click().unwrap();
+    b.wait_until("document.querySelector('details.ns-select').open", WAIT)
+        .expect("the namespace list opens");
+    b.execute(
+        "document.querySelector('details.ns-select .ns-options').click()",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        b.execute("return document.querySelector('details.ns-select').open", &[])
+            .unwrap(),
+        serde_json::json!(true),
+        "a click inside keeps it open"
+    );
+    b.execute("document.body.click()", &[]).unwrap();
+    b.wait_until("!document.querySelector('details.ns-select').open", WAIT)
+        .expect("the namespace list closes on a click outside");
 
     // A node's panel: labels and the policy selecting it.
     b.find(r#"g.node[data-id="data/db"]"#)

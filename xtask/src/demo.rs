@@ -457,6 +457,17 @@ fn check_once(clickhouse: Option<&periscope_storage::testing::TestServer>) -> Re
     if !has("shop/intruder", "data/db", "dropped") {
         problems.push("no dropped edge shop/intruder → data/db on the map".to_string());
     }
+    // The seeds' policies are enforced: seed 002's rule1 lets the empire land, not the alliance.
+    if !has("default/tiefighter", "default/deathstar", "forwarded") {
+        problems.push("no forwarded edge default/tiefighter → default/deathstar".to_string());
+    }
+    if !has("default/xwing", "default/deathstar", "dropped") {
+        problems.push("no dropped edge default/xwing → default/deathstar (seed 002)".to_string());
+    }
+    // Bytes on the edges (the agents' Flow.periscope_bytes).
+    if !edges.iter().any(|e| e["bytes"].as_u64().unwrap_or(0) > 0) {
+        problems.push("no bytes on any map edge".to_string());
+    }
     let alerts = get("/api/v1/alerts")?;
     let firing = alerts
         .as_array()
@@ -549,6 +560,8 @@ fn traffic_loop(tb: &Testbed, stop: &AtomicBool) -> Result<()> {
     for api in ["shop/api-1", "shop/api-2", "shop/api-3"] {
         servers.push(TcpEchoServer::start(pod(api), 8080));
     }
+    servers.push(TcpEchoServer::start(pod("default/deathstar-1"), 80));
+    servers.push(TcpEchoServer::start(pod("default/protected-db-1"), 6379));
     let _cache = UdpEchoServer::start(pod("data/cache-1"), 6379);
     let t = Duration::from_millis(300);
     let frontends = [pod("shop/frontend-1"), pod("shop/frontend-2")];
@@ -576,6 +589,13 @@ fn traffic_loop(tb: &Testbed, stop: &AtomicBool) -> Result<()> {
         traffic::tcp_probe(prometheus, db.v4(5432), t); // DENIED
         traffic::tcp_probe(world, frontends[0].v4(22), t); // DENIED by the ingressDeny rule
         traffic::ping(frontends[1], api.ipv4().expect("api ipv4").into(), t); // allowed
+        // The seeds' policies: allowed by rule1 (002) and clustermesh-ingress-l4-policy (000),
+        // and denied by them (default deny once they select deathstar and protected-db).
+        let (deathstar, protected_db) = (pod("default/deathstar-1"), pod("default/protected-db-1"));
+        traffic::tcp_probe(pod("default/tiefighter"), deathstar.v4(80), t);
+        traffic::tcp_probe(pod("default/employee-1"), protected_db.v4(6379), t);
+        traffic::tcp_probe(pod("default/xwing"), deathstar.v4(80), t); // DENIED
+        traffic::tcp_probe(pod("default/xwing"), protected_db.v4(6379), t); // DENIED
         for _ in 0..10 {
             if stop.load(Ordering::SeqCst) {
                 break;

@@ -549,8 +549,24 @@ fn NamespaceSelect(
         all.extend(selected.get());
         all.into_iter().collect::<Vec<_>>()
     };
+    // An open list closes on a click anywhere else, like a select.
+    let el = NodeRef::<leptos::html::Details>::new();
+    let handle = window_event_listener(leptos::ev::click, move |e| {
+        use wasm_bindgen::JsCast;
+        let Some(d) = el.get_untracked() else {
+            return;
+        };
+        let inside = e
+            .target()
+            .and_then(|t| t.dyn_into::<web_sys::Node>().ok())
+            .is_some_and(|n| d.contains(Some(&n)));
+        if d.open() && !inside {
+            d.set_open(false);
+        }
+    });
+    on_cleanup(move || handle.remove());
     view! {
-        <details class="ns-select">
+        <details class="ns-select" node_ref=el>
             <summary>{summary}</summary>
             <div class="ns-options">
                 <label>
