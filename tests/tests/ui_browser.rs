@@ -178,7 +178,10 @@ fn the_ui_shows_the_map_flows_policies_and_alerts() {
     );
     b.screenshot(shots.join("map.png")).unwrap();
     // The namespace list opens, and a click elsewhere closes it.
-    b.find("details.ns-select summary").unwrap().click().unwrap();
+    b.find("details.ns-select summary")
+        .unwrap()
+        .click()
+        .unwrap();
     b.wait_until("document.querySelector('details.ns-select').open", WAIT)
         .expect("the namespace list opens");
     b.execute(
@@ -187,8 +190,11 @@ fn the_ui_shows_the_map_flows_policies_and_alerts() {
     )
     .unwrap();
     assert_eq!(
-        b.execute("return document.querySelector('details.ns-select').open", &[])
-            .unwrap(),
+        b.execute(
+            "return document.querySelector('details.ns-select').open",
+            &[]
+        )
+        .unwrap(),
         serde_json::json!(true),
         "a click inside keeps it open"
     );
