@@ -48,6 +48,8 @@ const BENCHMARKS: &[&str] = &["datapath", "agent", "relay", "lb", "ui"];
 
 /// `cargo xtask bench lb`: service load balancing against kube-proxy's iptables rules.
 mod lb;
+/// The combined report, `artifacts/bench/REPORT.md`.
+mod report;
 /// `cargo xtask bench ui`: the service-map query over 10M stored flows and the map's first render.
 mod ui;
 
@@ -55,6 +57,9 @@ mod ui;
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Which benchmark: datapath, agent, relay, lb, ui, or all (the default) for every one.
+    /// Each writes `artifacts/bench/<name>.md`; then `artifacts/bench/REPORT.md` is rebuilt
+    /// from all of them (goals table first; benchmarks not run now keep their last report,
+    /// marked with its date).
     which: Option<String>,
     /// Smoke run: 1 s per measurement, 1 repetition.
     #[arg(long)]
@@ -110,7 +115,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         crate::build_release()?;
     }
     ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst)).context("signal handler")?;
-    for b in selected {
+    for &b in &selected {
         match b {
             "datapath" => datapath(&opts)?,
             "agent" => agent(&opts)?,
@@ -120,6 +125,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
             other => unreachable!("benchmark {other} is listed but not dispatched"),
         }
     }
+    let dir = crate::root().join("artifacts/bench");
+    fs::create_dir_all(&dir)?;
+    let path = report::write(&dir, BENCHMARKS, &selected)?;
+    eprintln!(
+        "[bench] combined report (every benchmark's goals and sections) written to {}",
+        path.display()
+    );
     Ok(())
 }
 

@@ -1,0 +1,264 @@
+//! The combined report of `cargo xtask bench`: `artifacts/bench/REPORT.md`.
+//!
+//! Every benchmark writes its own report (`artifacts/bench/<name>.md`: tables with the baseline
+//! measured in the same run, ratios and goals). After a run, the reports of every benchmark
+//! (this run's, and earlier runs' for those not run now, marked with their date) are put
+//! together under one header naming the machine and the commit, with a first table of every goal
+//! and its result. README's figures are copied from it.
+use std::fmt::Write as _;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::SystemTime;
+
+use anyhow::{Context, Result};
+
+/// One goal of a benchmark report: the measurement, what was measured, and the verdict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Goal {
+    /// The measurement (a table row's first cell, or a bullet's text before the figure).
+    pub what: String,
+    /// The rest of the row: figures, baseline, ratio, goal.
+    pub figures: String,
+    /// `PASS` or `MISS`.
+    pub verdict: &'static str,
+}
+
+/// The goals of one benchmark's report: table rows with a `PASS`/`MISS` cell, and bullets of
+/// the form `- what: **figure** (goal …: met|MISSED)`.
+pub fn goals(report: &str) -> Vec<Goal> {
+    let mut out = Vec::new();
+    for line in report.lines().map(str::trim) {
+        if let Some(row) = line.strip_prefix('|') {
+            let cells: Vec<&str> = row
+                .trim_end_matches('|')
+                .split('|')
+                .map(str::trim)
+                .collect();
+            let Some(verdict) = cells.iter().find_map(|c| match *c {
+                "PASS" | "**PASS**" => Some("PASS"),
+                "MISS" | "**MISS**" => Some("MISS"),
+                _ => None,
+            }) else {
+                continue;
+            };
+            let figures: Vec<&str> = cells[1..]
+                .iter()
+                .copied()
+                .filter(|c| !c.is_empty() && !c.contains("PASS") && !c.contains("MISS"))
+                .collect();
+            out.push(Goal {
+                what: cells[0].to_string(),
+                figures: figures.join(" · "),
+                verdict,
+            });
+        } else if let Some(item) = line.strip_prefix("- ")
+            && let Some(at) = item.find("(goal")
+        {
+            let verdict = if item[at..].contains("MISSED") {
+                "MISS"
+            } else if item[at..].contains("met") {
+                "PASS"
+            } else {
+                continue;
+            };
+            let (what, figure) = item[..at].split_once(':').unwrap_or((&item[..at], ""));
+            let goal = item[at + 1..].trim_end_matches(')');
+            let goal = goal.split_once(':').map_or(goal, |(g, _)| g);
+            out.push(Goal {
+                what: what.trim().to_string(),
+                figures: format!("{} · {goal}", figure.trim()),
+                verdict,
+            });
+        }
+    }
+    out
+}
+
+/// A command's first line of output, or `?`.
+fn first_line(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .current_dir(crate::root())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// UTC `YYYY-MM-DD HH:MM` of a time.
+fn utc(t: SystemTime) -> String {
+    let s = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let (days, rem) = (s.div_euclid(86_400), s.rem_euclid(86_400));
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+/// Writes `dir/REPORT.md` from the benchmark reports in `dir` (`names` in order; `ran` are the
+/// ones this run produced). Returns its path.
+pub fn write(dir: &Path, names: &[&str], ran: &[&str]) -> Result<std::path::PathBuf> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mem_gib = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or("?".into(), |kb| {
+            format!("{:.0} GiB", kb as f64 / 1_048_576.0)
+        });
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "?".into());
+    let mut md = String::from("# Periscope benchmarks (`cargo xtask bench`)\n\n");
+    let _ = writeln!(
+        md,
+        "Written {} on {cpu} ({cores} cores, {mem_gib}), Linux {}, commit {}. Every figure's \
+         baseline was measured in the same run as the figure; see each benchmark's section for \
+         its method. This run: {}.\n",
+        utc(SystemTime::now()),
+        first_line("uname", &["-r"]),
+        first_line("git", &["rev-parse", "--short", "HEAD"]),
+        if ran.is_empty() {
+            "none (report rebuilt)".to_string()
+        } else {
+            ran.join(", ")
+        },
+    );
+    let mut sections = String::new();
+    md.push_str("## Goals\n\n| Benchmark | Measurement | Figures | Result |\n|---|---|---|---|\n");
+    for name in names {
+        let path = dir.join(format!("{name}.md"));
+        let Ok(text) = fs::read_to_string(&path) else {
+            let _ = writeln!(md, "| {name} | not run yet | | |");
+            continue;
+        };
+        let when = fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .map_or("?".into(), utc);
+        let from = if ran.contains(name) {
+            "this run".to_string()
+        } else {
+            format!("an earlier run, {when}")
+        };
+        for g in goals(&text) {
+            let _ = writeln!(
+                md,
+                "| {name} | {} | {} | {} |",
+                g.what.replace('|', "/"),
+                g.figures.replace('|', "/"),
+                g.verdict
+            );
+        }
+        let _ = writeln!(
+            sections,
+            "\n---\n\n<!-- {name}: {from} -->\n*`{name}`: {from}.*\n\n{}",
+            // One level down: the benchmark's title becomes a section of this report.
+            text.trim_end().replacen("# ", "## ", 1)
+        );
+    }
+    md.push_str(&sections);
+    let path = dir.join("REPORT.md");
+    fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn goals_come_from_table_rows_and_bullets() {
+        let report = "\
+# UI benchmark
+| Measurement | Ours | Baseline | Ratio | Goal | Result |
+|---|---:|---:|---:|---:|---|
+| Service-map query | 46.5 ms | raw: 1600 ms | 0.029× | ≤ 100 ms | PASS |
+| … before settling | 888 ms | raw: 1665 ms | 0.533× | | |
+| First render | 1258 ms | small: 119 ms | 10× | ≤ 1000 ms | MISS |
+
+- Periscope at 10k / at 10: **1.089×** (goal ≥ 0.95: met)
+- Periscope / iptables at 10k: **1.59×** (goal ≥ 5: MISSED)
+- iptables at 10k / at 10: 0.521× (a linear chain)
+";
+        let g = goals(report);
+        assert_eq!(
+            g,
+            vec![
+                Goal {
+                    what: "Service-map query".into(),
+                    figures: "46.5 ms · raw: 1600 ms · 0.029× · ≤ 100 ms".into(),
+                    verdict: "PASS"
+                },
+                Goal {
+                    what: "First render".into(),
+                    figures: "1258 ms · small: 119 ms · 10× · ≤ 1000 ms".into(),
+                    verdict: "MISS"
+                },
+                Goal {
+                    what: "Periscope at 10k / at 10".into(),
+                    figures: "**1.089×** · goal ≥ 0.95".into(),
+                    verdict: "PASS"
+                },
+                Goal {
+                    what: "Periscope / iptables at 10k".into(),
+                    figures: "**1.59×** · goal ≥ 5".into(),
+                    verdict: "MISS"
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn the_report_names_every_benchmark_and_keeps_its_section() {
+        let dir = std::env::temp_dir().join(format!("periscope-report-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join("lb.md"),
+            "# LB\n\n- Periscope at 10k / at 10: **1.1×** (goal ≥ 0.95: met)\n",
+        )
+        .unwrap();
+        let path = write(&dir, &["datapath", "lb"], &["lb"]).unwrap();
+        let md = fs::read_to_string(&path).unwrap();
+        assert!(md.contains("| datapath | not run yet | | |"), "{md}");
+        assert!(
+            md.contains("| lb | Periscope at 10k / at 10 | **1.1×** · goal ≥ 0.95 | PASS |"),
+            "{md}"
+        );
+        assert!(md.contains("*`lb`: this run.*\n\n## LB"), "{md}");
+        assert!(md.contains("This run: lb."), "{md}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(SystemTime::UNIX_EPOCH), "1970-01-01 00:00 UTC");
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_714_566_601);
+        assert_eq!(utc(t), "2024-05-01 12:30 UTC");
+        let leap = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(951_782_400);
+        assert_eq!(utc(leap), "2000-02-29 00:00 UTC");
+    }
+}
