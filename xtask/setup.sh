@@ -7,8 +7,8 @@ set -euo pipefail
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 # Debian packages used by the tests, the demo and the benchmarks (systemd: systemd-analyze checks
-# the units of deploy/systemd).
-APT_PKGS=(iproute2 iperf3 bpftool iptables protobuf-compiler libprotobuf-dev python3 netcat-openbsd tcpdump etcd-server etcd-client clickhouse-server clickhouse-client python3-venv chromium chromium-driver systemd)
+# the units of deploy/systemd; zookeeper: the storage's ClickHouse cluster tests run a private one).
+APT_PKGS=(iproute2 iperf3 bpftool iptables protobuf-compiler libprotobuf-dev python3 netcat-openbsd tcpdump etcd-server etcd-client clickhouse-server clickhouse-client zookeeper python3-venv chromium chromium-driver systemd)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

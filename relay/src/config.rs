@@ -142,6 +142,11 @@ pub struct Cli {
     /// ClickHouse database [default: periscope].
     #[arg(long, value_name = "NAME", help_heading = "Storage")]
     pub clickhouse_database: Option<String>,
+    /// ClickHouse cluster (a `remote_servers` name) to shard and replicate the tables over:
+    /// Replicated local tables on every server plus Distributed tables, which the relay writes
+    /// to and reads from (`clickhouse_cluster` in `store:`) [default: none, a single server].
+    #[arg(long, value_name = "NAME", help_heading = "Storage")]
+    pub clickhouse_cluster: Option<String>,
     /// Directory of the on-disk spool used during ClickHouse outages
     /// [default: /var/lib/periscope/spool].
     #[arg(long, value_name = "DIR", help_heading = "Storage")]
@@ -622,6 +627,9 @@ impl Config {
             if let Some(db) = &cli.clickhouse_database {
                 s.database = db.clone();
             }
+            if let Some(cluster) = &cli.clickhouse_cluster {
+                s.clickhouse_cluster = Some(cluster.clone());
+            }
             if let Some(dir) = &cli.spool_dir {
                 s.spool_dir = dir.clone();
             }
@@ -630,10 +638,15 @@ impl Config {
             }
             s.validate()
                 .map_err(|e| invalid("--clickhouse-url", &s.url, e.to_string()))?;
-        } else if cli.clickhouse_database.is_some() || cli.spool_dir.is_some() {
+        } else if cli.clickhouse_database.is_some()
+            || cli.spool_dir.is_some()
+            || cli.clickhouse_cluster.is_some()
+        {
             return Err(invalid(
                 if cli.spool_dir.is_some() {
                     "--spool-dir"
+                } else if cli.clickhouse_cluster.is_some() {
+                    "--clickhouse-cluster"
                 } else {
                     "--clickhouse-database"
                 },
@@ -765,6 +778,29 @@ mod tests {
         assert_eq!(c.sort_drain_timeout, Duration::from_secs(1));
         assert_eq!(c.cluster_name, "default");
         assert!(c.peers.is_empty() && c.server_tls.is_none() && c.peer_tls.is_none());
+    }
+
+    #[test]
+    fn clickhouse_cluster_flag() {
+        let c = Config::load(&cli(&[
+            "--clickhouse-url",
+            "http://127.0.0.1:8123",
+            "--clickhouse-cluster",
+            "periscope",
+        ]))
+        .unwrap();
+        let store = c.store.expect("a store");
+        assert_eq!(store.clickhouse_cluster.as_deref(), Some("periscope"));
+        assert_eq!(store.migrate_config().cluster.as_deref(), Some("periscope"));
+        let e = err(&["--clickhouse-cluster", "periscope"]);
+        assert!(e.contains("--clickhouse-cluster"), "{e}");
+        let e = err(&[
+            "--clickhouse-url",
+            "http://127.0.0.1:8123",
+            "--clickhouse-cluster",
+            "a b",
+        ]);
+        assert!(e.contains("cluster"), "{e}");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use periscope_relay::store::{
     History, HistoryRequest, StoreConfig, Writer, WriterStats, synthetic_flows,
 };
 use periscope_storage::FlowRow;
-use periscope_storage::testing::TestServer;
+use periscope_storage::testing::{TestCluster, TestServer};
 use prost_types::Timestamp;
 
 const DB: &str = "periscope";
@@ -764,4 +764,80 @@ async fn ingest_rate_vs_clickhouse_client() {
         baseline,
         timing.rows_per_sec() / baseline_rate,
     );
+}
+
+/// Cluster mode (`clickhouse_cluster`), on a private 18.16 cluster of two shards with its own
+/// ZooKeeper (`TestCluster`; ZooKeeper is real: `ON CLUSTER` DDL and `Replicated*` tables need
+/// it): the writer migrates the cluster and writes through the Distributed `flows` of one
+/// server; the flows land on both shards, and history read through the other shard's server
+/// gives every flow back once, as written, and the service map counts each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clickhouse_cluster_is_written_and_read_through_distributed_tables() {
+    let name = "periscope_relay";
+    let cluster = TestCluster::start(name, &[1, 1])
+        .unwrap_or_else(|e| panic!("starting ZooKeeper and two clickhouse-servers: {e}"));
+    let [first, second] = cluster.servers() else {
+        panic!("two servers")
+    };
+    let spool = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        clickhouse_cluster: Some(name.into()),
+        ..config(first, spool.path())
+    };
+    let writer = Writer::start(cfg.clone()).unwrap();
+    let start_ns = now_ns() - 600_000_000_000;
+    let flows = synthetic_flows(3000, start_ns);
+    for chunk in flows.chunks(500) {
+        assert_eq!(
+            writer.handle().try_send(chunk.to_vec()),
+            periscope_relay::store::SendOutcome::Queued
+        );
+    }
+    writer.flush().await.unwrap();
+    wait_distinct(&first.client(), 3000).await;
+    wait_until("every row counted as written", async || {
+        writer.stats().rows_written >= 3000
+    })
+    .await;
+    let stats = writer.shutdown().await;
+    no_losses(&stats);
+
+    let local = |server: &TestServer| {
+        let client = server.client();
+        async move {
+            client
+                .query(&format!("SELECT count() FROM {DB}.flows_local"))
+                .fetch_one::<u64>()
+                .await
+                .expect("counting a shard's rows")
+        }
+    };
+    let (a, b) = (local(first).await, local(second).await);
+    assert!(a > 0 && b > 0, "both shards hold flows: {a} + {b}");
+    assert_eq!(a + b, stats.rows_written, "{stats:?}");
+
+    let other = StoreConfig {
+        url: second.url(),
+        ..cfg
+    };
+    let history = History::new(&other).unwrap();
+    let got = history
+        .flows(&HistoryRequest {
+            since: Some(ts(start_ns)),
+            until: Some(ts(now_ns())),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(!got.truncated);
+    assert_eq!(
+        by_time(got.flows),
+        by_time(flows.iter().map(stored).collect())
+    );
+    let edges = history
+        .service_map_edges(start_ns - 60_000_000_000, now_ns(), 10_000)
+        .await
+        .unwrap();
+    let counted: u64 = edges.iter().map(|e| e.flows).sum();
+    assert!(counted > 0 && counted <= 3000, "{edges:?}");
 }

@@ -31,6 +31,7 @@
 mod alert_row;
 #[cfg(feature = "arrow")]
 pub mod arrow;
+pub mod cluster;
 mod dialect;
 mod migrate;
 pub mod queries;

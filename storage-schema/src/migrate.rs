@@ -6,6 +6,7 @@ use clickhouse::Client;
 use periscope_proto::util::calendar;
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::cluster_statements;
 use crate::{Dialect, Error, Result, ServerVersion, ch_err, sqltext};
 
 /// One migration: the same version and name in both dialects.
@@ -113,7 +114,7 @@ const RETAINED_TABLES: [(&str, &str); 6] = [
 
 /// Records applied migrations; the same DDL in both dialects. ReplacingMergeTree on `version`:
 /// two relays migrating at once may both record a version, and the copies collapse.
-const SCHEMA_MIGRATIONS_DDL: &str =
+pub(crate) const SCHEMA_MIGRATIONS_DDL: &str =
     "CREATE TABLE IF NOT EXISTS ${database}.schema_migrations${on_cluster}
 (
     version UInt32,
@@ -145,8 +146,14 @@ pub struct MigrateConfig {
     /// servers [`apply_retention`] drops older day partitions. Default 7.
     #[serde(default = "default_retention_days")]
     pub retention_days: u32,
-    /// ClickHouse cluster (a `remote_servers` name) to run every DDL statement `ON CLUSTER`;
-    /// `None` for a single server. Tables stay local to each server (no Distributed table).
+    /// ClickHouse cluster (a `remote_servers` name) to shard and replicate the tables over;
+    /// `None` (the default) for a single server. With a cluster, every DDL statement runs
+    /// `ON CLUSTER`, each table `T` becomes a local table `T_local` with a `Replicated*` engine
+    /// (ZooKeeper path `/clickhouse/tables/{shard}/<database>/T_local`, replica `{replica}`:
+    /// every server needs both macros) plus a `Distributed` table `T` over it, which the relay
+    /// writes to and reads from; the materialized views sit on the local tables. See
+    /// [`cluster_statements`] and the crate's README ("Clusters and sizing"). A database
+    /// migrated without a cluster cannot be switched to one (a new database is needed).
     #[serde(default)]
     pub cluster: Option<String>,
 }
@@ -187,6 +194,23 @@ impl MigrateConfig {
             }
         }
         Ok(())
+    }
+
+    /// `client` set up for this configuration: [`crate::prepare_client`], and with a cluster
+    /// the settings its Distributed tables need: `insert_distributed_sync = 1` (an insert
+    /// returns once every shard has its rows, so a write that succeeded is readable and the
+    /// relay's at-least-once retry covers a shard that is down) and
+    /// `distributed_product_mode = 'global'` (the shipped queries' `IN (SELECT ...)` over
+    /// Distributed tables run once, on the server queried, and their result goes to every
+    /// shard; 18.16 refuses such subqueries by default).
+    pub fn prepare_client(&self, client: Client) -> Client {
+        let client = crate::prepare_client(client);
+        match &self.cluster {
+            None => client,
+            Some(_) => client
+                .with_setting("insert_distributed_sync", "1")
+                .with_setting("distributed_product_mode", "global"),
+        }
     }
 
     fn on_cluster(&self) -> String {
@@ -232,23 +256,34 @@ pub fn render_migration(
     config: &MigrateConfig,
 ) -> Result<Vec<String>> {
     config.validate()?;
-    Ok(sqltext::split_statements(&render(
-        migration.template(dialect),
-        config,
-    )))
+    let statements = sqltext::split_statements(&render(migration.template(dialect), config));
+    Ok(match &config.cluster {
+        None => statements,
+        Some(cluster) => statements
+            .into_iter()
+            .flat_map(|s| cluster_statements(&s, &config.database, cluster))
+            .collect(),
+    })
 }
 
 /// The statements [`migrate`] runs before any migration: the database and `schema_migrations`.
 pub fn bootstrap_statements(config: &MigrateConfig) -> Result<Vec<String>> {
     config.validate()?;
-    Ok(vec![
-        format!(
-            "CREATE DATABASE IF NOT EXISTS `{}`{}",
-            config.database,
-            config.on_cluster()
-        ),
-        render(SCHEMA_MIGRATIONS_DDL, config),
-    ])
+    let mut statements = vec![format!(
+        "CREATE DATABASE IF NOT EXISTS `{}`{}",
+        config.database,
+        config.on_cluster()
+    )];
+    let schema_migrations = render(SCHEMA_MIGRATIONS_DDL, config);
+    match &config.cluster {
+        None => statements.push(schema_migrations),
+        Some(cluster) => statements.extend(cluster_statements(
+            &schema_migrations,
+            &config.database,
+            cluster,
+        )),
+    }
+    Ok(statements)
 }
 
 /// What [`migrate`] found and did.
@@ -280,9 +315,12 @@ struct AppliedRow {
 /// statement. Running it again is a no-op; a run cut short is finished by the next one.
 pub async fn migrate(client: &Client, config: &MigrateConfig) -> Result<MigrateReport> {
     config.validate()?;
-    let client = crate::prepare_client(client.clone());
+    let client = config.prepare_client(client.clone());
     let (server_dialect, server_version) = Dialect::detect(&client).await?;
     let db = &config.database;
+    if config.cluster.is_some() {
+        refuse_single_server_schema(&client, db).await?;
+    }
 
     for statement in bootstrap_statements(config)? {
         client
@@ -395,6 +433,26 @@ pub async fn migrate(client: &Client, config: &MigrateConfig) -> Result<MigrateR
     Ok(report)
 }
 
+/// Cluster mode needs the database's `flows` to be a Distributed table (or missing): a database
+/// migrated without a cluster keeps its local tables, and the relay would write to one server.
+async fn refuse_single_server_schema(client: &Client, db: &str) -> Result<()> {
+    let engines: Vec<String> = client
+        .query("SELECT engine FROM system.tables WHERE database = ? AND name = 'flows'")
+        .bind(db)
+        .fetch_all()
+        .await
+        .map_err(ch_err(format!("looking up the engine of {db}.flows")))?;
+    match engines.first() {
+        Some(engine) if engine != "Distributed" => Err(Error::InvalidConfig {
+            what: "cluster",
+            value: format!("{db}.flows is {engine}"),
+            reason: "the database was migrated without a cluster (local tables); cluster mode \
+                     needs a new database (then INSERT INTO new.flows SELECT * FROM old.flows)",
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// `(table, column)` of a statement `ALTER TABLE <db>.<table> [ON CLUSTER c] ADD COLUMN <column>
 /// ...` (without `IF NOT EXISTS`): the legacy dialect's way to add a column, which fails when the
 /// column is there, so [`migrate`] runs it only when it is not.
@@ -449,6 +507,10 @@ pub fn modern_ttl_statements(config: &MigrateConfig) -> Result<Vec<String>> {
     Ok(RETAINED_TABLES
         .iter()
         .map(|(table, column)| {
+            let table = match config.cluster {
+                None => (*table).to_owned(),
+                Some(_) => crate::cluster::local_table(table),
+            };
             format!(
                 "ALTER TABLE `{}`.{table}{} MODIFY TTL {column} + INTERVAL {} DAY",
                 config.database,
@@ -476,6 +538,28 @@ struct PartitionRow {
     partition_id: String,
 }
 
+/// The day partitions of the retained local tables on every server of `cluster` (the
+/// `cluster()` table function over `system.parts`).
+async fn cluster_partitions(client: &Client, db: &str, cluster: &str) -> Result<Vec<PartitionRow>> {
+    let tables: Vec<String> = RETAINED_TABLES
+        .iter()
+        .map(|(t, _)| format!("'{}'", crate::cluster::local_table(t)))
+        .collect();
+    // `cluster` is validated ([A-Za-z0-9_.-]) and `tables` are ours: no user text is quoted here.
+    client
+        .query(&format!(
+            "SELECT DISTINCT table, partition_id FROM cluster('{cluster}', system, parts) \
+             WHERE database = ? AND table IN ({}) AND active ORDER BY table, partition_id",
+            tables.join(", ")
+        ))
+        .bind(db)
+        .fetch_all()
+        .await
+        .map_err(ch_err(format!(
+            "listing the partitions of {db} on cluster {cluster}"
+        )))
+}
+
 /// Enforces `config.retention_days` on a schema of dialect `schema`.
 ///
 /// - Legacy (no TTL): drops every day partition of the tables that hold flows or their
@@ -489,7 +573,7 @@ pub async fn apply_retention(
     schema: Dialect,
 ) -> Result<RetentionReport> {
     config.validate()?;
-    let client = crate::prepare_client(client.clone());
+    let client = config.prepare_client(client.clone());
     let db = &config.database;
     let mut report = RetentionReport::default();
     match schema {
@@ -505,17 +589,20 @@ pub async fn apply_retention(
         }
         Dialect::Legacy => {
             let cutoff = retention_cutoff_day(SystemTime::now(), config.retention_days);
-            let parts: Vec<PartitionRow> = client
-                .query(
-                    "SELECT DISTINCT table, partition_id FROM system.parts \
+            let parts: Vec<PartitionRow> = match &config.cluster {
+                None => client
+                    .query(
+                        "SELECT DISTINCT table, partition_id FROM system.parts \
                      WHERE database = ? AND table IN ('flows', 'flows_denied', 'flow_edges_1m', \
                      'flow_minutes', 'flow_edges_1m_settled', 'flow_minutes_settled') \
                      AND active ORDER BY table, partition_id",
-                )
-                .bind(db.as_str())
-                .fetch_all()
-                .await
-                .map_err(ch_err(format!("listing the partitions of {db}")))?;
+                    )
+                    .bind(db.as_str())
+                    .fetch_all()
+                    .await
+                    .map_err(ch_err(format!("listing the partitions of {db}")))?,
+                Some(cluster) => cluster_partitions(&client, db, cluster).await?,
+            };
             for part in parts {
                 // Partition ids of toYYYYMMDD keys are the day's digits; anything else is not ours.
                 let Ok(day) = part.partition_id.parse::<u32>() else {

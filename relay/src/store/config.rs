@@ -81,6 +81,7 @@ impl PasswordSource {
 /// retention_days: 7
 /// settle_quiet: 1m
 /// settle_every: 30s
+/// clickhouse_cluster: periscope   # a remote_servers name: sharded, replicated tables
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -141,6 +142,16 @@ pub struct StoreConfig {
     /// Default `30s`.
     #[serde(default = "defaults::settle_every", with = "duration")]
     pub settle_every: Duration,
+    /// ClickHouse cluster (a `remote_servers` name of the server at `url`) to shard and
+    /// replicate the tables over; none (the default) for a single server. With a cluster the
+    /// migrations create each table as a `Replicated*` local table `<name>_local` on every
+    /// server (`ON CLUSTER`; the servers need ZooKeeper and the macros `{shard}` and
+    /// `{replica}`) plus a `Distributed` table `<name>`, which the relay writes to (synchronously:
+    /// `insert_distributed_sync`) and reads history from; any server of the cluster can be `url`.
+    /// Flows are sharded by `cityHash64(uuid)`. A database created without a cluster cannot be
+    /// switched to one. See storage-schema/README.md, "Clusters and sizing".
+    #[serde(default)]
+    pub clickhouse_cluster: Option<String>,
 }
 
 mod defaults {
@@ -219,6 +230,7 @@ impl StoreConfig {
             retention_days: defaults::retention_days(),
             settle_quiet: defaults::settle_quiet(),
             settle_every: defaults::settle_every(),
+            clickhouse_cluster: None,
         }
     }
 
@@ -227,7 +239,7 @@ impl StoreConfig {
         periscope_storage::MigrateConfig {
             database: self.database.clone(),
             retention_days: self.retention_days,
-            cluster: None,
+            cluster: self.clickhouse_cluster.clone(),
         }
     }
 
@@ -274,13 +286,15 @@ impl StoreConfig {
         self.migrate_config()
             .validate()
             .map_err(|e| StoreError::Config {
-                field: "database/retention_days",
+                field: "database/retention_days/clickhouse_cluster",
                 reason: e.to_string(),
             })
     }
 
     /// A client for the server (no database selected: the migrations create it), with the
-    /// password read from its source. Validation is off, as the storage crate requires.
+    /// password read from its source. Validation is off, as the storage crate requires; with a
+    /// `clickhouse_cluster`, the settings its Distributed tables need
+    /// ([`periscope_storage::MigrateConfig::prepare_client`]).
     pub fn client(&self) -> Result<clickhouse::Client> {
         let mut client = clickhouse::Client::default()
             .with_url(&self.url)
@@ -288,7 +302,7 @@ impl StoreConfig {
         if let Some(source) = &self.password {
             client = client.with_password(source.read()?);
         }
-        Ok(periscope_storage::prepare_client(client))
+        Ok(self.migrate_config().prepare_client(client))
     }
 }
 
@@ -356,5 +370,20 @@ mod tests {
         let mut cfg = StoreConfig::new("http://ch:8123");
         cfg.database = "bad-name".into();
         assert!(cfg.validate().unwrap_err().to_string().contains("database"));
+        let mut cfg = StoreConfig::new("http://ch:8123");
+        cfg.clickhouse_cluster = Some("a b".into());
+        assert!(cfg.validate().unwrap_err().to_string().contains("cluster"));
+    }
+
+    #[test]
+    fn a_clickhouse_cluster_reaches_the_migrations() {
+        let cfg: StoreConfig =
+            serde_yaml::from_str("url: http://ch:8123\nclickhouse_cluster: periscope\n").unwrap();
+        assert_eq!(cfg.clickhouse_cluster.as_deref(), Some("periscope"));
+        assert_eq!(cfg.migrate_config().cluster.as_deref(), Some("periscope"));
+        assert_eq!(
+            StoreConfig::new("http://ch:8123").migrate_config().cluster,
+            None
+        );
     }
 }

@@ -10,7 +10,11 @@ use periscope_proto::flow::{
 use prost_types::Timestamp;
 
 #[cfg(feature = "test-server")]
+mod cluster;
+#[cfg(feature = "test-server")]
 mod server;
+#[cfg(feature = "test-server")]
+pub use cluster::{TestCluster, TestZooKeeper};
 #[cfg(feature = "test-server")]
 pub use server::{TestServer, server_binary};
 

@@ -49,11 +49,11 @@ pub fn server_binary() -> io::Result<PathBuf> {
     })
 }
 
-fn free_port() -> io::Result<u16> {
+pub(crate) fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn config_xml(dir: &Path, http_port: u16, tcp_port: u16) -> String {
+fn config_xml(dir: &Path, http_port: u16, tcp_port: u16, extra: &str) -> String {
     let d = dir.display();
     format!(
         r#"<?xml version="1.0"?>
@@ -80,6 +80,7 @@ fn config_xml(dir: &Path, http_port: u16, tcp_port: u16) -> String {
     <uncompressed_cache_size>67108864</uncompressed_cache_size>
     <max_concurrent_queries>50</max_concurrent_queries>
     <mlock_executable>false</mlock_executable>
+{extra}
 </yandex>
 "#
     )
@@ -130,16 +131,27 @@ impl TestServer {
     }
 
     fn start_once(binary: &Path) -> io::Result<Self> {
+        Self::start_configured(binary, free_port()?, free_port()?, "")
+    }
+
+    /// Starts a server on the given ports with `extra` XML inside its `<yandex>` configuration
+    /// (a cluster's `remote_servers`, `zookeeper`, `macros`, ...), and waits until it answers.
+    pub(crate) fn start_configured(
+        binary: &Path,
+        http_port: u16,
+        tcp_port: u16,
+        extra: &str,
+    ) -> io::Result<Self> {
+        // PERISCOPE_KEEP_TEST_DIRS=1 keeps the directory (data and logs) for a post-mortem.
         let dir = tempfile::Builder::new()
             .prefix("periscope-clickhouse-")
+            .disable_cleanup(std::env::var_os("PERISCOPE_KEEP_TEST_DIRS").is_some())
             .tempdir()?;
         for sub in ["log", "data", "tmp", "user_files", "format_schemas"] {
             std::fs::create_dir_all(dir.path().join(sub))?;
         }
-        let http_port = free_port()?;
-        let tcp_port = free_port()?;
         let config = dir.path().join("config.xml");
-        std::fs::write(&config, config_xml(dir.path(), http_port, tcp_port))?;
+        std::fs::write(&config, config_xml(dir.path(), http_port, tcp_port, extra))?;
         std::fs::write(dir.path().join("users.xml"), USERS_XML)?;
         let child = spawn(binary, dir.path())?;
         let mut server = Self {
