@@ -19,6 +19,7 @@ use periscope_agent::ring::Ring;
 use periscope_agent::sources::SharedView;
 use periscope_agent::status;
 use periscope_datapath_common::{DatapathConfig, aggregation};
+use periscope_logging::clickhouse::{Shipper, ShipperConfig};
 use periscope_proto::observer::observer_server::ObserverServer;
 use periscope_proto::peer::peer_server::PeerServer;
 use periscope_proto::periscope::policy::policies_server::PoliciesServer;
@@ -226,9 +227,62 @@ struct Args {
     /// count; memory is 4 bytes per entry per frontend.
     #[arg(long, default_value_t = 16381, value_parser = periscope_agent::lb::parse_table_size)]
     lb_maglev_table_size: u32,
-    /// Log filter (tracing env-filter syntax), e.g. info, periscope_agent=debug.
-    #[arg(long, env = "PERISCOPE_LOG", default_value = "info")]
+    /// Log filter (tracing env-filter syntax), e.g. info, periscope_agent=debug. Changeable
+    /// while the agent runs, on the metrics endpoint (--metrics-listen): `GET /log-level` shows
+    /// it, `PUT /log-level` with a filter as the body sets it (a bad filter is answered 400 and
+    /// the filter stays), e.g. `curl -X PUT --data debug http://127.0.0.1:9965/log-level`.
+    #[arg(
+        long,
+        env = "PERISCOPE_LOG",
+        default_value = "info",
+        help_heading = "Logging"
+    )]
     log: String,
+    /// Log format on stderr: text, or json (one object per line: timestamp, level, target,
+    /// message, fields).
+    #[arg(
+        long,
+        env = "PERISCOPE_LOG_FORMAT",
+        default_value = "text",
+        value_name = "text|json",
+        help_heading = "Logging"
+    )]
+    log_format: periscope_logging::LogFormat,
+    /// Store the agent's log events of --log-clickhouse-level and above in the `logs` table of
+    /// this ClickHouse (HTTP URL, e.g. http://clickhouse:8123), with component `agent`, the
+    /// node and the cluster. The relay's migrations create the table; until it exists events
+    /// wait (and, beyond 10000, are dropped and counted). Logging never waits for ClickHouse.
+    #[arg(
+        long,
+        env = "PERISCOPE_LOG_CLICKHOUSE_URL",
+        value_name = "URL",
+        help_heading = "Logging"
+    )]
+    log_clickhouse_url: Option<String>,
+    /// Database of the `logs` table.
+    #[arg(
+        long,
+        default_value = "periscope",
+        value_name = "NAME",
+        help_heading = "Logging"
+    )]
+    log_clickhouse_database: String,
+    /// ClickHouse user.
+    #[arg(
+        long,
+        default_value = "default",
+        value_name = "USER",
+        help_heading = "Logging"
+    )]
+    log_clickhouse_user: String,
+    /// File holding the ClickHouse user's password (one trailing newline is ignored).
+    #[arg(long, value_name = "FILE", help_heading = "Logging")]
+    log_clickhouse_password_file: Option<PathBuf>,
+    /// Least severe level stored in ClickHouse: error, warn, info, debug or trace (events the
+    /// log filter drops are never stored).
+    #[arg(long, default_value = "warn", value_name = "LEVEL", value_parser = periscope_logging::parse_level,
+        help_heading = "Logging")]
+    log_clickhouse_level: tracing::Level,
 }
 
 /// How often an agent without a topology looks at the routes to its pods again.
@@ -291,10 +345,23 @@ fn main() -> Result<()> {
              node's pods (--node, env PERISCOPE_NODE) from the Kubernetes API"
         );
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
-        .with_writer(std::io::stderr)
-        .init();
+    if let Some(url) = &args.log_clickhouse_url
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        bail!("--log-clickhouse-url {url:?}: expected an http:// or https:// URL");
+    }
+    let (log, ship) = periscope_logging::init(&periscope_logging::LogOptions {
+        filter: args.log.clone(),
+        format: args.log_format,
+        ship: args
+            .log_clickhouse_url
+            .as_ref()
+            .map(|_| periscope_logging::ShipOptions {
+                min_level: args.log_clickhouse_level,
+                ..Default::default()
+            }),
+    })
+    .context("--log")?;
     if !matches!(args.output.as_str(), "compact" | "none") {
         bail!("--output {:?}: expected compact or none", args.output);
     }
@@ -318,7 +385,7 @@ fn main() -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?
-        .block_on(run(args, listener, metrics_listener, tls))
+        .block_on(run(args, listener, metrics_listener, tls, log, ship))
 }
 
 /// Port of the agent API; the relay's 4245 is skipped when looking for a free one.
@@ -357,6 +424,8 @@ async fn run(
     listener: std::net::TcpListener,
     metrics_listener: std::net::TcpListener,
     tls: Option<Arc<periscope_tls::ReloadingServerConfig>>,
+    log: periscope_logging::LogHandle,
+    ship: Option<periscope_logging::ShipQueue>,
 ) -> Result<()> {
     // Without a topology file the node's pods come from the Kubernetes API: the topology is
     // then this node alone, and every build adds the pods found at their interfaces.
@@ -388,6 +457,33 @@ async fn run(
             pods: vec![],
             services: vec![],
         },
+    };
+    // The agent's warnings and errors into ClickHouse's `logs` (--log-clickhouse-url).
+    let shipper = match (ship, &args.log_clickhouse_url) {
+        (Some(queue), Some(url)) => {
+            let mut client = clickhouse::Client::default()
+                .with_url(url)
+                .with_user(&args.log_clickhouse_user);
+            if let Some(path) = &args.log_clickhouse_password_file {
+                let text = std::fs::read_to_string(path).with_context(|| {
+                    format!("--log-clickhouse-password-file {}", path.display())
+                })?;
+                client = client.with_password(text.strip_suffix('\n').unwrap_or(&text));
+            }
+            tracing::info!(url = %url, database = %args.log_clickhouse_database,
+                min_level = %args.log_clickhouse_level, "storing log events in ClickHouse");
+            Some(Shipper::start(
+                queue,
+                ShipperConfig::new(
+                    client,
+                    args.log_clickhouse_database.clone(),
+                    "agent",
+                    args.node.clone(),
+                    topology.cluster.clone(),
+                ),
+            ))
+        }
+        _ => None,
     };
     // The namespace whose routes place the pods (without a topology).
     let route_netns = match (&args.netns, k8s_endpoints) {
@@ -622,11 +718,10 @@ async fn run(
     let metrics = periscope_agent::metrics::Metrics::default();
     metrics_listener.set_nonblocking(true)?;
     let metrics_local = metrics_listener.local_addr()?;
-    tokio::spawn(
-        metrics
-            .clone()
-            .serve(tokio::net::TcpListener::from_std(metrics_listener)?),
-    );
+    tokio::spawn(metrics.clone().serve(
+        tokio::net::TcpListener::from_std(metrics_listener)?,
+        Some(log),
+    ));
     progress.metrics_address = Some(metrics_local.to_string());
     let exporter = match &args.export_file {
         None => None,
@@ -826,8 +921,16 @@ async fn run(
         }
     }
     tracing::info!("stopping; the datapath stays attached and keeps enforcing");
+    // The perf readers stop and drop their senders: the pipeline then writes what is queued
+    // (flow log, export file, stdout), flushes and returns.
     readers.stop();
-    printer.abort();
+    match tokio::time::timeout(Duration::from_secs(5), printer).await {
+        Ok(_) => tracing::info!("flow outputs flushed"),
+        Err(_) => tracing::warn!("flow outputs not drained within 5 s; stopping anyway"),
+    }
     dp.release();
+    if let Some(s) = shipper {
+        s.shutdown(Duration::from_secs(5)).await;
+    }
     Ok(())
 }

@@ -237,13 +237,20 @@ impl Metrics {
     }
 
     /// Serves `GET /metrics` on `listener` (a minimal HTTP/1.1 responder, one request per
-    /// connection).
-    pub async fn serve(self, listener: tokio::net::TcpListener) {
+    /// connection), and, with `log`, `GET`/`PUT /log-level`: the log filter in force, changed
+    /// by a PUT (or POST) whose body is the new filter
+    /// ([`periscope_logging::http_log_level`]).
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        log: Option<periscope_logging::LogHandle>,
+    ) {
         loop {
             let Ok((mut sock, _)) = listener.accept().await else {
                 continue;
             };
             let m = self.clone();
+            let log = log.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 4096];
                 let mut n = 0;
@@ -269,10 +276,48 @@ impl Metrics {
                 };
                 let head = String::from_utf8_lossy(&buf[..head_end]);
                 let path = head.split_whitespace().nth(1).unwrap_or("");
+                let method = head.split_whitespace().next().unwrap_or("");
                 let (status, ctype, body) = if head.starts_with("GET ")
                     && (path == "/metrics" || path.starts_with("/metrics?"))
                 {
                     ("200 OK", "text/plain; version=0.0.4", m.render())
+                } else if let Some(log) = log.as_ref().filter(|_| path == "/log-level") {
+                    // The body: what came after the head, then the rest of Content-Length.
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.trim()
+                                .eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0)
+                        .min(4096);
+                    let mut body = buf[head_end + 4..n].to_vec();
+                    while body.len() < length {
+                        let mut more = [0u8; 1024];
+                        match tokio::time::timeout(
+                            std::time::Duration::from_secs(5),
+                            sock.read(&mut more),
+                        )
+                        .await
+                        {
+                            Ok(Ok(r)) if r > 0 => body.extend_from_slice(&more[..r]),
+                            _ => return,
+                        }
+                    }
+                    body.truncate(length);
+                    let (code, text) = periscope_logging::http_log_level(
+                        log,
+                        method,
+                        &String::from_utf8_lossy(&body),
+                    );
+                    let status = match code {
+                        200 => "200 OK",
+                        400 => "400 Bad Request",
+                        _ => "405 Method Not Allowed",
+                    };
+                    (status, "text/plain", text)
                 } else {
                     (
                         "404 Not Found",

@@ -5,6 +5,9 @@
 //!   `?state=firing|pending|resolved` selects one state.
 //! - `GET /api/v1/status`: the storage's and the alerting's counters.
 //! - `GET /metrics`: the same counters, and the peers', for Prometheus ([`crate::metrics`]).
+//! - `GET /log-level`: the log filter in force; `PUT /log-level` (or POST) with a filter as the
+//!   body changes it ([`periscope_logging::http_log_level`]; 400 and no change when it does not
+//!   parse).
 use std::sync::Arc;
 
 use axum::Json;
@@ -91,4 +94,23 @@ pub fn router(state: Arc<ApiState>) -> axum::Router {
         .route("/api/v1/status", get(status))
         .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+/// `GET`/`PUT`/`POST /log-level` (behind the bearer token when one is configured).
+pub fn log_level_router(handle: periscope_logging::LogHandle) -> axum::Router {
+    async fn answer(
+        State(handle): State<periscope_logging::LogHandle>,
+        method: axum::http::Method,
+        body: String,
+    ) -> axum::response::Response {
+        let (code, text) = periscope_logging::http_log_level(&handle, method.as_str(), &body);
+        (
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            text,
+        )
+            .into_response()
+    }
+    axum::Router::new()
+        .route("/log-level", axum::routing::any(answer))
+        .with_state(handle)
 }

@@ -1,7 +1,9 @@
 //! The relay's settings: command-line flags ([`Cli`]), an optional YAML file ([`FileConfig`],
-//! the same settings with snake_case keys) and the validated result ([`Config`]). A flag given on
-//! the command line overrides the file; a list flag (`--peers`, `--relay-peer`) given at all
-//! replaces the file's list.
+//! the same settings with snake_case keys) and the validated result ([`Config`]).
+//!
+//! Precedence, one rule for the relay and the agent: command-line flag > environment variable
+//! (the flags that have one, e.g. `PERISCOPE_LOG`) > configuration file > default. A list flag
+//! (`--peers`, `--relay-peer`) given at all replaces the file's list.
 //!
 //! Every error names the flag (and the file, for file problems), e.g.
 //! `--peers "10.0.0.1": expected HOST:PORT` or
@@ -42,8 +44,17 @@ pub const DEFAULT_CLUSTER: &str = "default";
 /// `cluster/node`). A peer that is down or fails shows up in GetFlows streams as a node status
 /// event (NODE_UNAVAILABLE / NODE_ERROR) and is redialed with exponential backoff and jitter.
 ///
-/// Without TLS flags everything is plain text (a warning is logged). Logging: RUST_LOG
-/// (default `info`).
+/// Without TLS flags everything is plain text (a warning is logged).
+///
+/// Settings come from flags, environment variables and --config, in this order of precedence:
+/// a flag overrides its environment variable, which overrides the file, which overrides the
+/// default (the agent follows the same rule).
+///
+/// Logging: --log / PERISCOPE_LOG (RUST_LOG is still read when none is set; default `info`),
+/// --log-format text|json. The filter can be changed while the relay runs, on --http-listen:
+/// `curl -X PUT --data 'info,periscope_relay=debug' http://127.0.0.1:12000/log-level`
+/// (`GET /log-level` shows it; a bad filter is answered 400 and the filter stays; with a token
+/// configured the request needs `Authorization: Bearer TOKEN`).
 #[derive(clap::Parser, Debug, Default, Clone)]
 #[command(name = "periscope-relay", version, about, long_about)]
 pub struct Cli {
@@ -189,6 +200,37 @@ pub struct Cli {
         help_heading = "HTTP API"
     )]
     pub ui_token: Option<String>,
+    /// Log filter, tracing's env-filter syntax: `info`, `warn,periscope_relay::peers=debug`
+    /// [default: info, or RUST_LOG when set]. Changeable at runtime with `PUT /log-level`.
+    #[arg(
+        long,
+        value_name = "FILTER",
+        env = "PERISCOPE_LOG",
+        help_heading = "Logging"
+    )]
+    pub log: Option<String>,
+    /// Log format on stderr: text, or json (one object per line: timestamp, level, target,
+    /// message, fields) [default: text].
+    #[arg(
+        long,
+        value_name = "text|json",
+        env = "PERISCOPE_LOG_FORMAT",
+        help_heading = "Logging"
+    )]
+    pub log_format: Option<String>,
+    /// Also store the relay's own log events of this level and above (default warn: warnings
+    /// and errors) in the `logs` table of its ClickHouse (needs --clickhouse-url or `store:`),
+    /// with component `relay`, the host name as node and the cluster name. Events the log
+    /// filter drops are not stored; a full queue drops events (never the logging call).
+    #[arg(
+        long,
+        value_name = "LEVEL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "warn",
+        help_heading = "Logging"
+    )]
+    pub log_to_clickhouse: Option<String>,
 }
 
 /// The YAML configuration file: the flags' settings (see `periscope-relay --help`).
@@ -260,6 +302,13 @@ pub struct FileConfig {
     pub ui_dir: Option<PathBuf>,
     /// File holding the HTTP API's bearer token.
     pub ui_token_file: Option<PathBuf>,
+    /// Log filter (env-filter syntax), e.g. `info`.
+    pub log: Option<String>,
+    /// Log format: `text` or `json`.
+    pub log_format: Option<String>,
+    /// Store the relay's log events of this level and above (`warn`, `error`, ...) in
+    /// ClickHouse's `logs` table (needs `store`).
+    pub log_to_clickhouse: Option<String>,
 }
 
 /// What a peer is.
@@ -323,6 +372,12 @@ pub struct Config {
     pub ui_dir: Option<PathBuf>,
     /// The HTTP API's bearer token (None: open; only allowed on loopback).
     pub ui_token: Option<String>,
+    /// The log filter.
+    pub log: String,
+    /// The log format.
+    pub log_format: periscope_logging::LogFormat,
+    /// Least severe level of the log events stored in ClickHouse (None: not stored).
+    pub log_to_clickhouse: Option<tracing::Level>,
 }
 
 /// A configuration that cannot be used.
@@ -731,7 +786,43 @@ impl Config {
                 "listens beyond loopback: set a bearer token with --ui-token-file (or --ui-token)",
             ));
         }
+        let log = pick(&cli.log, file.log)
+            .or_else(|| {
+                std::env::var("RUST_LOG")
+                    .ok()
+                    .filter(|v| !v.trim().is_empty())
+            })
+            .unwrap_or_else(|| "info".into());
+        periscope_logging::parse_filter(&log).map_err(|e| invalid("--log", &log, e.to_string()))?;
+        let log_format = match pick(&cli.log_format, file.log_format) {
+            None => periscope_logging::LogFormat::default(),
+            Some(f) => f
+                .parse()
+                .map_err(|_| invalid("--log-format", &f, "expected text or json"))?,
+        };
+        let log_to_clickhouse = match pick(&cli.log_to_clickhouse, file.log_to_clickhouse) {
+            None => None,
+            Some(l) => {
+                if store.is_none() {
+                    return Err(invalid(
+                        "--log-to-clickhouse",
+                        &l,
+                        "needs --clickhouse-url (or `store:` in --config)",
+                    ));
+                }
+                Some(periscope_logging::parse_level(&l).map_err(|_| {
+                    invalid(
+                        "--log-to-clickhouse",
+                        &l,
+                        "expected error, warn, info, debug or trace",
+                    )
+                })?)
+            }
+        };
         Ok(Config {
+            log,
+            log_format,
+            log_to_clickhouse,
             ui_dir,
             ui_token,
             store,

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use periscope_logging::clickhouse::{Shipper, ShipperConfig};
+use periscope_logging::{LogHandle, LogOptions, ShipOptions};
 use periscope_proto::flow::Flow;
 use periscope_relay::alerts::{
     Alerting, AlertingConfig, AlertmanagerConfig, Receiver, WebhookConfig,
@@ -30,29 +32,36 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let config = Config::load(&cli)?;
+    let (log, ship) = periscope_logging::init(&LogOptions {
+        filter: config.log.clone(),
+        format: config.log_format,
+        ship: config.log_to_clickhouse.map(|min_level| ShipOptions {
+            min_level,
+            ..ShipOptions::default()
+        }),
+    })
+    .context("--log")?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the Tokio runtime")?
-        .block_on(run(config))
+        .block_on(run(config, log, ship))
+}
+
+/// This host's name.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "periscope-relay".into())
 }
 
 /// The name of this relay in the node status events it emits: its host name, prefixed with the
 /// cluster name unless that is `default`.
 fn relay_name(cluster: &str) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "periscope-relay".into());
+    let host = host_name();
     if cluster == DEFAULT_CLUSTER {
         host
     } else {
@@ -134,7 +143,29 @@ async fn shutdown_signal(stop: watch::Sender<bool>) {
     let _ = stop.send(true);
 }
 
-async fn run(config: Config) -> Result<()> {
+async fn run(
+    config: Config,
+    log: LogHandle,
+    ship: Option<periscope_logging::ShipQueue>,
+) -> Result<()> {
+    // The relay's own warnings and errors into ClickHouse's `logs` (created by the writer's
+    // migrations; rows wait in the shipper until the table exists).
+    let shipper = match (ship, &config.store) {
+        (Some(queue), Some(store)) => {
+            tracing::info!(min_level = ?config.log_to_clickhouse, "storing log events in ClickHouse");
+            Some(Shipper::start(
+                queue,
+                ShipperConfig::new(
+                    store.client().context("ClickHouse client for logs")?,
+                    store.database.clone(),
+                    "relay",
+                    host_name(),
+                    config.cluster_name.clone(),
+                ),
+            ))
+        }
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("--listen {}", config.listen))?;
@@ -275,6 +306,7 @@ async fn run(config: Config) -> Result<()> {
             pool: pool.clone(),
         }))
         .merge(periscope_relay::ui::router(ui_state, access.clone()))
+        .merge(periscope_relay::api::log_level_router(log.clone()))
         .layer(axum::middleware::from_fn_with_state(
             access,
             periscope_relay::ui::require_token,
@@ -344,6 +376,9 @@ async fn run(config: Config) -> Result<()> {
     alerting.shutdown(Duration::from_secs(2)).await;
     if let Some(w) = writer {
         w.shutdown().await;
+    }
+    if let Some(s) = shipper {
+        s.shutdown(Duration::from_secs(5)).await;
     }
     match result {
         Some(Ok(Ok(()))) => tracing::info!("stopped"),

@@ -99,17 +99,19 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(5, "0005", "flow_edges_1m_edge_rule"),
     migration!(6, "0006", "flow_edges_settled"),
     migration!(7, "0007", "flow_edges_bytes"),
+    migration!(8, "0008", "logs"),
 ];
 
 /// Tables that hold flows and are partitioned by day (`toYYYYMMDD`), with their TTL column
 /// expression in the modern dialect.
-const RETAINED_TABLES: [(&str, &str); 6] = [
+const RETAINED_TABLES: [(&str, &str); 7] = [
     ("flows", "toDateTime(time)"),
     ("flows_denied", "toDateTime(time)"),
     ("flow_edges_1m", "minute"),
     ("flow_minutes", "minute"),
     ("flow_edges_1m_settled", "minute"),
     ("flow_minutes_settled", "minute"),
+    ("logs", "toDateTime(time)"),
 ];
 
 /// Records applied migrations; the same DDL in both dialects. ReplacingMergeTree on `version`:
@@ -870,7 +872,7 @@ mod tests {
             ..MigrateConfig::default()
         };
         let statements = modern_ttl_statements(&cfg).unwrap();
-        assert_eq!(statements.len(), 6);
+        assert_eq!(statements.len(), 7);
         assert!(statements[0].ends_with("flows MODIFY TTL toDateTime(time) + INTERVAL 3 DAY"));
     }
 }

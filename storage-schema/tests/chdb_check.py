@@ -109,10 +109,24 @@ def main():
         fail(f"re-applying migrations changed the tables: {before} -> {tables(modern)}")
     expected_tables = ["alerts", "flow_edges_1m", "flow_edges_1m_mv", "flow_edges_1m_settled",
                        "flow_minutes", "flow_minutes_mv", "flow_minutes_settled",
-                       "flows", "flows_denied", "flows_denied_mv", "schema_migrations"]
+                       "flows", "flows_denied", "flows_denied_mv", "logs", "schema_migrations"]
     for db in (modern, legacy):
         if tables(db) != expected_tables:
             fail(f"{db} has tables {tables(db)}")
+
+    # 0008 logs: LogRow's columns insert in both dialects, `time` follows `time_ns`.
+    for db in (modern, legacy):
+        run(sess, f"""INSERT INTO {db}.logs (time_ns, level, target, message, fields, node, component, cluster)
+            VALUES (1700000000123456789, 'WARN', 'periscope_relay::peers', 'peer down', '{{"peer":"a:1"}}',
+                    'n1', 'relay', 'default')""")
+        got = rows(sess, f"SELECT toUnixTimestamp(time) AS t, level, node FROM {db}.logs")
+        if got != [{"t": 1700000000, "level": "WARN", "node": "n1"}]:
+            fail(f"{db}.logs after one insert: {got}")
+        cols = [r["name"] for r in rows(sess, f"""
+            SELECT name FROM system.columns WHERE database = '{db}' AND table = 'logs'
+            AND default_kind = '' ORDER BY position""")]
+        if cols != ["time_ns", "level", "target", "message", "fields", "node", "component", "cluster"]:
+            fail(f"{db}.logs insertable columns: {cols}")
 
     # FlowRow's columns: the insertable columns of both dialects, in FlowRow's order, with the
     # same wire types once LowCardinality is unwrapped.

@@ -602,8 +602,9 @@ pub async fn require_token(
         return next.run(req).await;
     };
     let path = req.uri().path();
-    let protected =
-        (path.starts_with("/api/") && path != "/api/v1/ui-config") || path == "/metrics";
+    let protected = (path.starts_with("/api/") && path != "/api/v1/ui-config")
+        || path == "/metrics"
+        || path == "/log-level";
     if !protected {
         return next.run(req).await;
     }
