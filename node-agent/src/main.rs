@@ -35,9 +35,20 @@ use tokio::sync::{RwLock, mpsc};
 ///
 /// The datapath keeps enforcing while the agent is stopped: programs and maps are pinned under
 /// --bpffs-root and taken over again at the next start.
+///
+/// Settings come from flags, environment variables and --config, in this order of precedence:
+/// a flag overrides its environment variable, which overrides the file, which overrides the
+/// default (the relay follows the same rule).
 #[derive(Debug, Parser)]
 #[command(name = "periscope-agent", version, about, long_about)]
 struct Args {
+    /// YAML file with the same settings as the flags, keyed by the flag's name in snake_case
+    /// (`node: n1`, `bpffs_root: /sys/fs/bpf/periscope/n1`, `etcd_endpoints: [http://a:2379]`,
+    /// `audit: true`, `dns_visibility: false`; `--endpoint-mode` is `endpoint_modes`, `--labels`
+    /// is `label_patterns`). Each setting is documented with its flag below. A key that is not
+    /// a setting is an error naming it. Flags and environment variables override the file.
+    #[arg(long, env = "PERISCOPE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Topology file (YAML): nodes and pods with namespaces, labels and IPs; the pods of --node
     /// are this agent's endpoints. Optional with --k8s-api-server: without it the endpoints are
     /// the Kubernetes pods of --node that are not on the host network and have an IP, each
@@ -337,8 +348,100 @@ fn parse_aggregation(s: &str) -> Result<u8, String> {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Settings that are not file keys.
+const NOT_IN_FILE: [&str; 3] = ["config", "help", "version"];
+
+/// The arguments: `argv` and the environment over the --config file (see `Args`): every file
+/// key whose flag was given neither on the command line nor by its environment variable becomes
+/// that flag, appended to `argv`, so the file's values go through the flags' parsers.
+fn load_args(argv: Vec<std::ffi::OsString>) -> Result<Args> {
+    use clap::{CommandFactory, FromArgMatches, parser::ValueSource};
+    // Everything optional for a first look: where each value came from, and --config.
+    let plain = |argv: &[std::ffi::OsString]| {
+        Args::from_arg_matches(&Args::command().get_matches_from(argv)).map_err(|e| e.exit())
+    };
+    let first = match Args::command()
+        .mut_args(|a| a.required(false))
+        .try_get_matches_from(&argv)
+    {
+        Ok(m) => m,
+        // --help, --version and bad flags: answered as without a file.
+        Err(_) => return plain(&argv),
+    };
+    let Some(path) = first.get_one::<PathBuf>("config") else {
+        return plain(&argv);
+    };
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).with_context(|| format!("--config {shown}"))?;
+    let file: serde_yaml::Mapping = if text.trim().is_empty() {
+        Default::default()
+    } else {
+        serde_yaml::from_str(&text).with_context(|| format!("--config {shown}"))?
+    };
+    let command = Args::command();
+    let mut merged = argv;
+    for (key, value) in file {
+        let key = key
+            .as_str()
+            .with_context(|| format!("--config {shown}: a key is not a string: {key:?}"))?
+            .to_owned();
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_id().as_str() == key && !NOT_IN_FILE.contains(&key.as_str()))
+            .with_context(|| {
+                format!(
+                    "--config {shown}: unknown field `{key}` (the keys are the flags' names in \
+                     snake_case; see periscope-agent --help)"
+                )
+            })?;
+        if matches!(
+            first.value_source(&key),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        ) {
+            continue;
+        }
+        let flag = format!("--{}", arg.get_long().unwrap_or(&key));
+        let scalar = |v: &serde_yaml::Value| -> Result<String> {
+            Ok(match v {
+                serde_yaml::Value::String(s) => s.clone(),
+                serde_yaml::Value::Number(n) => n.to_string(),
+                serde_yaml::Value::Bool(b) => b.to_string(),
+                other => bail!("--config {shown}: `{key}`: expected a value, got {other:?}"),
+            })
+        };
+        let takes_value = arg.get_action().takes_values();
+        match value {
+            serde_yaml::Value::Null => {}
+            serde_yaml::Value::Sequence(items) => {
+                for item in &items {
+                    merged.push(format!("{flag}={}", scalar(item)?).into());
+                }
+            }
+            serde_yaml::Value::Bool(b) if !takes_value => {
+                if b {
+                    merged.push(flag.into());
+                }
+            }
+            v => merged.push(format!("{flag}={}", scalar(&v)?).into()),
+        }
+    }
+    match Args::command().try_get_matches_from(&merged) {
+        Ok(m) => Ok(Args::from_arg_matches(&m)?),
+        Err(e)
+            if e.kind() == clap::error::ErrorKind::DisplayHelp
+                || e.kind() == clap::error::ErrorKind::DisplayVersion =>
+        {
+            e.exit()
+        }
+        Err(e) => Err(anyhow::anyhow!(
+            "{} (flags and --config {shown} together)",
+            e.render().to_string().trim_end()
+        )),
+    }
+}
+
 fn main() -> Result<()> {
-    let args = Args::parse();
+    let args = load_args(std::env::args_os().collect())?;
     if args.topology.is_none() && args.k8s_api_server.is_none() {
         bail!(
             "no endpoints: give --topology FILE, or --k8s-api-server URL|in-cluster to take this \
@@ -933,4 +1036,78 @@ async fn run(
         s.shutdown(Duration::from_secs(5)).await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(file: &str, argv: &[&str]) -> Result<Args> {
+        let dir = std::env::temp_dir().join(format!(
+            "agent-config-{}-{}",
+            std::process::id(),
+            fastrand_name(argv)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("agent.yaml");
+        std::fs::write(&path, file).unwrap();
+        let mut all: Vec<std::ffi::OsString> = vec!["periscope-agent".into()];
+        all.push("--config".into());
+        all.push(path.clone().into());
+        all.extend(argv.iter().map(Into::into));
+        let out = load_args(all);
+        std::fs::remove_dir_all(&dir).unwrap();
+        out
+    }
+
+    fn fastrand_name(argv: &[&str]) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        argv.hash(&mut h);
+        std::thread::current().id().hash(&mut h);
+        format!("{:x}", h.finish())
+    }
+
+    #[test]
+    fn the_file_fills_what_flags_do_not_give() {
+        let a = load(
+            "node: n1\nenforcement: always\naudit: true\ndns_visibility: false\n\
+             etcd_endpoints: [http://a:2379, http://b:2379]\nring_capacity: 1023\n\
+             log_format: json\nlabel_patterns: [app]\n",
+            &["--ring-capacity", "511"],
+        )
+        .unwrap();
+        assert_eq!(a.node, "n1");
+        assert_eq!(a.enforcement, "always".parse().unwrap());
+        assert!(a.audit);
+        assert!(!a.dns_visibility);
+        assert_eq!(a.etcd_endpoints, ["http://a:2379", "http://b:2379"]);
+        assert_eq!(a.ring_capacity, 511, "the flag overrides the file");
+        assert_eq!(a.log_format, periscope_logging::LogFormat::Json);
+        assert_eq!(a.label_patterns, ["app"]);
+        assert_eq!(a.output, "compact", "defaults stay");
+        // A flag given overrides the file's node.
+        let a = load("node: n1\n", &["--node", "n2"]).unwrap();
+        assert_eq!(a.node, "n2");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let e = load("node: n1\nnodes: [x]\n", &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("unknown field `nodes`") && e.contains("agent.yaml"),
+            "{e}"
+        );
+        let e = load("node: n1\nconfig: other.yaml\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `config`"), "{e}");
+        let e = format!(
+            "{:#}",
+            load("node: n1\nring_capacity: lots\n", &[]).unwrap_err()
+        );
+        assert!(e.contains("--ring-capacity") && e.contains("lots"), "{e}");
+        let e = format!("{:#}", load("node: [n1\n", &[]).unwrap_err());
+        assert!(e.contains("agent.yaml"), "{e}");
+    }
 }
