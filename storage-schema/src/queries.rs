@@ -587,6 +587,48 @@ pub struct ServiceMapEdge {
 pub struct Queries {
     client: Client,
     server: Dialect,
+    cluster: bool,
+}
+
+/// [`distributed_text`] of a spec, made once per query text (the texts are few: the shipped
+/// queries and the relay's own).
+fn distributed_spec(spec: &QuerySpec) -> Option<QuerySpec> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static TEXTS: OnceLock<Mutex<HashMap<&'static str, Option<&'static str>>>> = OnceLock::new();
+    let mut texts = TEXTS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let sql = *texts
+        .entry(spec.sql)
+        .or_insert_with(|| distributed_text(spec.sql).map(|t| &*Box::leak(t.into_boxed_str())));
+    sql.map(|sql| QuerySpec {
+        name: spec.name,
+        sql,
+    })
+}
+
+/// A query ending `ORDER BY <key>\nLIMIT 1 BY uuid\nLIMIT {limit:UInt32}` (`history`,
+/// `pod_flows`) as it must run over Distributed tables (cluster mode): each shard runs it whole
+/// (`distributed_group_by_no_merge = 1`: `LIMIT 1 BY uuid` and `LIMIT` on the shard, exact
+/// there as every copy of a flow is on one shard), and the server queried sorts the shards'
+/// rows again and keeps the first `limit`. Run as written, 18.16 cuts each shard's rows at
+/// `limit` before dropping copies (its preliminary LIMIT ignores LIMIT BY) and returns pages
+/// that skip flows while copies are not merged. `None` for any other query, which runs as
+/// written.
+pub fn distributed_text(sql: &str) -> Option<String> {
+    const TAIL: &str = "\nLIMIT 1 BY uuid\nLIMIT {limit:UInt32}";
+    let body = sql.trim_end().strip_suffix(TAIL)?;
+    let order_at = body.rfind("\nORDER BY ")?;
+    let order = &body[order_at + 1..];
+    if order.contains('\n') {
+        return None;
+    }
+    Some(format!(
+        "SELECT * FROM\n(\n{}\n)\n{order}\nLIMIT {{limit:UInt32}}\nSETTINGS distributed_group_by_no_merge = 1",
+        sql.trim_end()
+    ))
 }
 
 impl Queries {
@@ -597,7 +639,16 @@ impl Queries {
         Ok(Self {
             client: crate::prepare_client(client.clone()).with_database(database),
             server,
+            cluster: false,
         })
+    }
+
+    /// The same queries against a cluster-mode schema ([`crate::MigrateConfig::cluster`]):
+    /// `history` and `pod_flows` run as [`distributed_text`] gives them. `client` should come
+    /// from [`crate::MigrateConfig::prepare_client`].
+    pub fn for_cluster(mut self, cluster: bool) -> Self {
+        self.cluster = cluster;
+        self
     }
 
     /// A shipped (or any [`QuerySpec`]) query with its parameters bound, ready to fetch into a
@@ -607,6 +658,14 @@ impl Queries {
         spec: &QuerySpec,
         params: &[(&str, ParamValue)],
     ) -> Result<clickhouse::query::Query> {
+        let distributed;
+        let spec = match self.cluster.then(|| distributed_spec(spec)).flatten() {
+            Some(d) => {
+                distributed = d;
+                &distributed
+            }
+            None => spec,
+        };
         match self.server {
             Dialect::Legacy => bind_legacy(&self.client, spec, params),
             Dialect::Modern => bind_modern(&self.client, spec, params),
@@ -802,6 +861,29 @@ mod tests {
                     "{}: the example does not show --param_{name}",
                     spec.name
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn cluster_mode_rewrites_only_the_limit_by_queries() {
+        for spec in ALL {
+            let text = distributed_text(spec.sql);
+            let expected = ["history", "pod_flows"].contains(&spec.name);
+            assert_eq!(text.is_some(), expected, "{}", spec.name);
+            if let Some(t) = text {
+                assert!(t.starts_with("SELECT * FROM\n(\n"), "{t}");
+                assert!(
+                    t.ends_with("ORDER BY time_ns, uuid\nLIMIT {limit:UInt32}\nSETTINGS distributed_group_by_no_merge = 1")
+                        || t.ends_with("ORDER BY if({descending:UInt8} = 1, -time_ns, time_ns), uuid\nLIMIT {limit:UInt32}\nSETTINGS distributed_group_by_no_merge = 1"),
+                    "{t}"
+                );
+                // Same parameters.
+                let spec2 = QuerySpec {
+                    name: spec.name,
+                    sql: Box::leak(t.into_boxed_str()),
+                };
+                assert_eq!(spec2.parameters().unwrap(), spec.parameters().unwrap());
             }
         }
     }

@@ -111,13 +111,24 @@ pub struct History {
     database: String,
     queries: std::sync::Arc<OnceCell<Queries>>,
     limits: HistoryLimits,
+    /// The schema is in cluster mode (`clickhouse_cluster`): queries read Distributed tables.
+    cluster: bool,
 }
 
 impl History {
     /// History from the store's server and database.
     pub fn new(cfg: &StoreConfig) -> Result<Self> {
         cfg.validate()?;
-        Ok(Self::with_client(cfg.client()?, &cfg.database))
+        Ok(Self::with_client(cfg.client()?, &cfg.database)
+            .with_cluster(cfg.clickhouse_cluster.is_some()))
+    }
+
+    /// Reads a cluster-mode schema (Distributed tables; see
+    /// [`periscope_storage::Queries::for_cluster`]); [`History::new`] sets it from the store's
+    /// `clickhouse_cluster`.
+    pub fn with_cluster(mut self, cluster: bool) -> Self {
+        self.cluster = cluster;
+        self
     }
 
     /// History from `database` through `client` (no database selected on it).
@@ -127,6 +138,7 @@ impl History {
             database: database.to_owned(),
             queries: Default::default(),
             limits: HistoryLimits::default(),
+            cluster: false,
         }
     }
 
@@ -149,12 +161,12 @@ impl History {
                             operation: "detecting the ClickHouse version for history".into(),
                             source,
                         })?;
-                Queries::new(&self.client, &self.database, dialect).map_err(|source| {
-                    StoreError::Storage {
+                Queries::new(&self.client, &self.database, dialect)
+                    .map(|q| q.for_cluster(self.cluster))
+                    .map_err(|source| StoreError::Storage {
                         operation: "preparing history queries".into(),
                         source,
-                    }
-                })
+                    })
             })
             .await
     }
