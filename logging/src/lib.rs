@@ -450,6 +450,35 @@ where
     Ok((subscriber, LogHandle { reload }, queue))
 }
 
+/// The shipping counters of the process, once [`init`] has turned shipping on.
+static SHIPPING_STATS: std::sync::OnceLock<Arc<ShipStats>> = std::sync::OnceLock::new();
+
+/// The shipping counters as Prometheus text (empty when shipping is off), for the binaries'
+/// `/metrics`: `periscope_log_events_shipped_total`, `periscope_log_events_dropped_total`
+/// (by reason: `queue_full`, `insert_failed`) and `periscope_log_insert_errors_total`.
+pub fn prometheus() -> String {
+    let Some(s) = SHIPPING_STATS.get() else {
+        return String::new();
+    };
+    let l = |c: &AtomicU64| c.load(Relaxed);
+    format!(
+        "# HELP periscope_log_events_shipped_total Log events stored in ClickHouse's logs table.\n\
+         # TYPE periscope_log_events_shipped_total counter\n\
+         periscope_log_events_shipped_total {}\n\
+         # HELP periscope_log_events_dropped_total Log events not stored: the queue was full, or their insert kept failing.\n\
+         # TYPE periscope_log_events_dropped_total counter\n\
+         periscope_log_events_dropped_total{{reason=\"queue_full\"}} {}\n\
+         periscope_log_events_dropped_total{{reason=\"insert_failed\"}} {}\n\
+         # HELP periscope_log_insert_errors_total Failed inserts into ClickHouse's logs table.\n\
+         # TYPE periscope_log_insert_errors_total counter\n\
+         periscope_log_insert_errors_total {}\n",
+        l(&s.shipped),
+        l(&s.dropped),
+        l(&s.failed),
+        l(&s.insert_errors)
+    )
+}
+
 /// Installs the process's logging on stderr; returns the handle that changes the filter, and
 /// the shipping queue when shipping is on (hand it to a shipper, or events pile up and are
 /// dropped once it is full).
@@ -457,6 +486,9 @@ pub fn init(options: &LogOptions) -> Result<(LogHandle, Option<ShipQueue>), LogE
     let (subscriber, handle, queue) = subscriber(options, std::io::stderr)?;
     tracing::subscriber::set_global_default(subscriber)
         .map_err(|e| LogError::Init(e.to_string()))?;
+    if let Some(q) = &queue {
+        let _ = SHIPPING_STATS.set(q.stats.clone());
+    }
     Ok((handle, queue))
 }
 

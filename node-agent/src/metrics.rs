@@ -233,6 +233,8 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{{}}} {v}", l.join(","));
             }
         }
+        // Log events shipped to ClickHouse (--log-clickhouse-url), when on.
+        out.push_str(&periscope_logging::prometheus());
         out
     }
 

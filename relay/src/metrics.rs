@@ -288,7 +288,8 @@ pub fn render(state: &ApiState) -> String {
             );
         }
     }
-    e.finish()
+    // Log events shipped to ClickHouse (--log-to-clickhouse), when on.
+    e.finish() + &periscope_logging::prometheus()
 }
 
 #[cfg(test)]

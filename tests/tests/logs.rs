@@ -190,6 +190,21 @@ fn relay_logs_json_changes_level_at_runtime_and_ships_warnings_to_clickhouse() {
         "only warn and above are stored"
     );
 
+    let (code, metrics) = http(&http_addr, "GET", "/metrics", Some(TOKEN), "");
+    assert_eq!(code, 200);
+    let shipped: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("periscope_log_events_shipped_total "))
+        .unwrap_or_else(|| panic!("no shipped counter in /metrics:\n{metrics}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(shipped >= 1, "{metrics}");
+    assert!(
+        metrics.contains("periscope_log_events_dropped_total{reason=\"queue_full\"} 0"),
+        "{metrics}"
+    );
+
     // SIGTERM: a clean stop, logged as JSON to the end.
     let status = relay.terminate().expect("relay was running");
     assert!(status.success(), "exit status {status}");
@@ -325,6 +340,14 @@ fn agent_logs_json_changes_level_at_runtime_ships_warnings_and_flushes_at_sigter
         count("SELECT count() FROM periscope.logs WHERE level IN ('DEBUG', 'INFO')").unwrap(),
         0,
         "only warn and above are stored"
+    );
+
+    let metrics_text = http(&metrics, "GET", "/metrics", None, "").1;
+    assert!(
+        metrics_text
+            .lines()
+            .any(|l| l.starts_with("periscope_log_events_shipped_total ") && !l.ends_with(" 0")),
+        "{metrics_text}"
     );
 
     // Traffic, then SIGTERM: every flow reaches the flow log, the pins stay.
