@@ -69,7 +69,9 @@ fn relay_name(cluster: &str) -> String {
     }
 }
 
-/// Feeds every flow of the ingest stream to the alert engine and the store, in batches.
+/// Feeds every flow of the ingest stream to the alert engine and the store, in batches. At
+/// shutdown (`stop`) it takes what the stream still holds, hands the last batch over and returns,
+/// so that the writer's shutdown stores it.
 async fn consume(
     mut rx: tokio::sync::broadcast::Receiver<Arc<Flow>>,
     alerting: Arc<Alerting>,
@@ -77,13 +79,23 @@ async fn consume(
     window: Option<Arc<Mutex<Window>>>,
     live_map: Arc<LiveMap>,
     lagged: Arc<AtomicU64>,
+    mut stop: watch::Receiver<bool>,
 ) {
     use tokio::sync::broadcast::error::RecvError;
     const BATCH: usize = 512;
     let mut batch: Vec<Flow> = Vec::with_capacity(BATCH);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
+    let mut last = false;
+    while !last {
         let flush = tokio::select! {
+            _ = stop.wait_for(|s| *s) => {
+                while let Ok(f) = rx.try_recv() {
+                    alerting.observe(&f);
+                    batch.push(Flow::clone(&f));
+                }
+                last = true;
+                true
+            }
             r = rx.recv() => match r {
                 Ok(f) => {
                     alerting.observe(&f);
@@ -95,7 +107,10 @@ async fn consume(
                     tracing::warn!(flows = n, "storage and alerting fell behind the live stream");
                     false
                 }
-                Err(RecvError::Closed) => break,
+                Err(RecvError::Closed) => {
+                    last = true;
+                    true
+                }
             },
             _ = tick.tick() => true,
         };
@@ -250,13 +265,14 @@ async fn run(
     };
     let lagged = Arc::new(AtomicU64::new(0));
     let live_map = Arc::new(LiveMap::new());
-    tokio::spawn(consume(
+    let consumer = tokio::spawn(consume(
         ingest.subscribe(),
         alerting.clone(),
         writer.as_ref().map(|w| w.handle()),
         window.clone(),
         live_map.clone(),
         lagged.clone(),
+        stop.clone(),
     ));
     let storage_status: Box<dyn Fn() -> StorageStatus + Send + Sync> = match (&writer, &window) {
         (Some(w), _) => {
@@ -373,6 +389,13 @@ async fn run(
         None => tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await.ok(),
     };
     pool.close();
+    // The flows the consumer still batches go to the writer before it stops.
+    if tokio::time::timeout(Duration::from_secs(2), consumer)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the store's feed did not stop within 2 s");
+    }
     alerting.shutdown(Duration::from_secs(2)).await;
     if let Some(w) = writer {
         w.shutdown().await;
