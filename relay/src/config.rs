@@ -158,6 +158,10 @@ pub struct Cli {
     /// to and reads from (`clickhouse_cluster` in `store:`) [default: none, a single server].
     #[arg(long, value_name = "NAME", help_heading = "Storage")]
     pub clickhouse_cluster: Option<String>,
+    /// Read history from ClickHouse but write no flows (`read_only` in `store:`): for a top
+    /// relay over shard relays that store their own nodes' flows.
+    #[arg(long, help_heading = "Storage")]
+    pub clickhouse_read_only: bool,
     /// Directory of the on-disk spool used during ClickHouse outages
     /// [default: /var/lib/periscope/spool].
     #[arg(long, value_name = "DIR", help_heading = "Storage")]
@@ -685,6 +689,9 @@ impl Config {
             if let Some(cluster) = &cli.clickhouse_cluster {
                 s.clickhouse_cluster = Some(cluster.clone());
             }
+            if cli.clickhouse_read_only {
+                s.read_only = true;
+            }
             if let Some(dir) = &cli.spool_dir {
                 s.spool_dir = dir.clone();
             }
@@ -696,12 +703,15 @@ impl Config {
         } else if cli.clickhouse_database.is_some()
             || cli.spool_dir.is_some()
             || cli.clickhouse_cluster.is_some()
+            || cli.clickhouse_read_only
         {
             return Err(invalid(
                 if cli.spool_dir.is_some() {
                     "--spool-dir"
                 } else if cli.clickhouse_cluster.is_some() {
                     "--clickhouse-cluster"
+                } else if cli.clickhouse_read_only {
+                    "--clickhouse-read-only"
                 } else {
                     "--clickhouse-database"
                 },
@@ -869,6 +879,24 @@ mod tests {
         assert_eq!(c.sort_drain_timeout, Duration::from_secs(1));
         assert_eq!(c.cluster_name, "default");
         assert!(c.peers.is_empty() && c.server_tls.is_none() && c.peer_tls.is_none());
+    }
+
+    #[test]
+    fn clickhouse_read_only_flag() {
+        let c = Config::load(&cli(&[
+            "--clickhouse-url",
+            "http://127.0.0.1:8123",
+            "--clickhouse-read-only",
+        ]))
+        .unwrap();
+        assert!(c.store.expect("a store").read_only);
+        let c = Config::load(&cli(&["--clickhouse-url", "http://127.0.0.1:8123"])).unwrap();
+        assert!(!c.store.expect("a store").read_only);
+        let e = err(&["--clickhouse-read-only"]);
+        assert!(
+            e.contains("--clickhouse-read-only") && e.contains("--clickhouse-url"),
+            "{e}"
+        );
     }
 
     #[test]

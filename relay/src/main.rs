@@ -249,10 +249,19 @@ async fn run(
     let (history, writer, window): (Arc<dyn HistorySource>, Option<Writer>, _) = match &config.store
     {
         Some(cfg) => {
-            let writer = Writer::start(cfg.clone()).context("ClickHouse writer")?;
+            let writer = if cfg.read_only {
+                tracing::info!(
+                    url = %cfg.url,
+                    database = %cfg.database,
+                    "reading history from ClickHouse; flows are not written (read_only)"
+                );
+                None
+            } else {
+                tracing::info!(url = %cfg.url, database = %cfg.database, "storing flows in ClickHouse");
+                Some(Writer::start(cfg.clone()).context("ClickHouse writer")?)
+            };
             let history = History::new(cfg).context("ClickHouse history")?;
-            tracing::info!(url = %cfg.url, database = %cfg.database, "storing flows in ClickHouse");
-            (Arc::new(ClickHouseHistory(history)), Some(writer), None)
+            (Arc::new(ClickHouseHistory(history)), writer, None)
         }
         None => {
             let w = Arc::new(Mutex::new(Window::new(config.window, &config.cluster_name)));
@@ -283,7 +292,10 @@ async fn run(
             let w = w.clone();
             Box::new(move || StorageStatus::Window(w.lock().expect("window lock").stats()))
         }
-        (None, None) => unreachable!("a store or a window"),
+        // A read-only store: nothing is written.
+        (None, None) => {
+            Box::new(|| StorageStatus::Clickhouse(periscope_relay::store::WriterStats::default()))
+        }
     };
     if let Some(addr) = config.http_listen {
         let access = Arc::new(UiAccess {

@@ -207,3 +207,182 @@ fn history_from_clickhouse_equals_the_live_stream() {
     });
     let _ = std::fs::remove_dir_all(&spool);
 }
+
+/// `SELECT` on the private server's HTTP interface, the answer's text.
+fn ch_query(ch: &TestServer, sql: &str) -> String {
+    let addr = ch
+        .url()
+        .trim_start_matches("http://")
+        .parse()
+        .expect("ClickHouse address");
+    let query: String = sql
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let (status, body) = periscope_testbed::browser::http_request(
+        addr,
+        "GET",
+        &format!("/?query={query}"),
+        &[],
+        None,
+        Duration::from_secs(30),
+    )
+    .expect("ClickHouse HTTP");
+    let text = String::from_utf8_lossy(&body).into_owned();
+    assert_eq!(status, 200, "{sql}: {text}");
+    text
+}
+
+/// Many relays (README "Many relays"): a shard relay stores its agent's flows; a top relay over
+/// it (`--relay-peer`) reads history from the same ClickHouse without writing a flow
+/// (`--clickhouse-read-only`): its history has every stored flow, also with the shard relay
+/// gone, and it wrote nothing.
+#[test]
+fn a_read_only_top_relay_serves_what_a_shard_relay_stored() {
+    let ch = TestServer::start().expect("clickhouse-server");
+    let tb = Testbed::from_yaml(TOPO, TestbedOptions::default()).expect("test bed");
+    let agent = Agent::start(&tb, "n1", POLICY, &[]);
+    let (web, api, db) = (tb.pod("shop/web"), tb.pod("shop/api"), tb.pod("data/db"));
+    let _srv = TcpEchoServer::start(db, 5432);
+    let spool = std::env::temp_dir().join(format!("periscope-e2e-spool-top-{}", tb.id()));
+    let mut shard = Relay::start(
+        "shard",
+        &[
+            "--peers",
+            &agent.api_address(),
+            "--clickhouse-url",
+            &ch.url(),
+            "--spool-dir",
+            spool.to_str().unwrap(),
+            "--sort-drain-timeout",
+            "300ms",
+        ],
+    );
+    let top_http = format!("127.0.0.1:{}", periscope_testbed::relay::free_port());
+    let top = Relay::start(
+        "top",
+        &[
+            "--relay-peer",
+            &shard.address,
+            "--clickhouse-url",
+            &ch.url(),
+            "--clickhouse-read-only",
+            "--http-listen",
+            &top_http,
+            "--sort-drain-timeout",
+            "300ms",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !top.stderr().contains("flows are not written") {
+        assert!(Instant::now() < deadline, "{}", top.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let start = std::time::SystemTime::now();
+    let start_ns = start
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let t = Duration::from_millis(300);
+    for _ in 0..4 {
+        assert!(traffic::tcp_probe(api, db.v4(5432), t).is_echoed());
+        assert!(!traffic::tcp_probe(web, db.v4(5432), t).is_echoed());
+    }
+    // The shard relay commits them.
+    let stored_uuids = |()| -> std::collections::BTreeSet<String> {
+        ch_query(
+            &ch,
+            &format!("SELECT DISTINCT uuid FROM periscope.flows WHERE time_ns >= {start_ns}"),
+        )
+        .lines()
+        .map(str::to_owned)
+        .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stored = loop {
+        let s = stored_uuids(());
+        if s.len() >= 16 {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} flows stored:\n{}",
+            s.len(),
+            shard.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    // Only ClickHouse can answer once the shard relay is gone.
+    shard.kill9();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let history: Vec<Flow> = rt.block_on(async {
+        let mut c = ObserverClient::connect(format!("http://{}", top.address))
+            .await
+            .expect("connect to the top relay");
+        let mut s = c
+            .get_flows(GetFlowsRequest {
+                since: Some(prost_types::Timestamp::from(start)),
+                ..Default::default()
+            })
+            .await
+            .expect("GetFlows since")
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(r) = s.message().await.expect("history stream") {
+            if let Some(ResponseTypes::Flow(f)) = r.response_types {
+                out.push(f);
+            }
+        }
+        out
+    });
+    let answered: std::collections::BTreeSet<String> =
+        history.iter().map(|f| f.uuid.clone()).collect();
+    assert!(
+        stored.iter().all(|u| answered.contains(u)),
+        "the top relay's history has {} of the {} stored flows:\n{}",
+        stored.iter().filter(|u| answered.contains(*u)).count(),
+        stored.len(),
+        top.stderr()
+    );
+    // The top relay wrote nothing: its writer counters are zero, and every stored flow's row
+    // came from the shard relay (one row per flow: nothing was merged away in between, as the
+    // table keeps copies until a merge, and the rows are many fewer than twice the flows).
+    let (status, body) = periscope_testbed::browser::http_request(
+        top_http.parse().unwrap(),
+        "GET",
+        "/metrics",
+        &[],
+        None,
+        Duration::from_secs(10),
+    )
+    .expect("top relay /metrics");
+    let metrics = String::from_utf8_lossy(&body);
+    assert_eq!(status, 200, "{metrics}");
+    assert!(
+        metrics.contains("periscope_relay_store_rows_written_total 0"),
+        "{metrics}"
+    );
+    let rows: u64 = ch_query(
+        &ch,
+        &format!("SELECT count() FROM periscope.flows WHERE time_ns >= {start_ns}"),
+    )
+    .trim()
+    .parse()
+    .unwrap();
+    assert!(
+        rows < 2 * stored.len() as u64,
+        "{rows} rows for {} flows",
+        stored.len()
+    );
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&spool);
+}

@@ -152,6 +152,12 @@ pub struct StoreConfig {
     /// switched to one. See storage-schema/README.md, "Clusters and sizing".
     #[serde(default)]
     pub clickhouse_cluster: Option<String>,
+    /// Read history from ClickHouse without writing flows to it (no writer, spool, migrations
+    /// or settling): for a relay above other relays that already store their nodes' flows (a
+    /// top relay over shard relays, README "Many relays"), which would otherwise insert every
+    /// flow a second time. Alerts are still stored. Default false.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 mod defaults {
@@ -231,6 +237,7 @@ impl StoreConfig {
             settle_quiet: defaults::settle_quiet(),
             settle_every: defaults::settle_every(),
             clickhouse_cluster: None,
+            read_only: false,
         }
     }
 
