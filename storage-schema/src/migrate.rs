@@ -201,17 +201,20 @@ impl MigrateConfig {
     /// `client` set up for this configuration: [`crate::prepare_client`], and with a cluster
     /// the settings its Distributed tables need: `insert_distributed_sync = 1` (an insert
     /// returns once every shard has its rows, so a write that succeeded is readable and the
-    /// relay's at-least-once retry covers a shard that is down) and
+    /// relay's at-least-once retry covers a shard that is down),
     /// `distributed_product_mode = 'global'` (the shipped queries' `IN (SELECT ...)` over
     /// Distributed tables run once, on the server queried, and their result goes to every
-    /// shard; 18.16 refuses such subqueries by default).
+    /// shard; 18.16 refuses such subqueries by default) and `load_balancing = 'in_order'`
+    /// (writes and reads go to the same replica of a shard, the first one that is up, so a read
+    /// does not miss what was just written while the other replicas catch up).
     pub fn prepare_client(&self, client: Client) -> Client {
         let client = crate::prepare_client(client);
         match &self.cluster {
             None => client,
             Some(_) => client
                 .with_setting("insert_distributed_sync", "1")
-                .with_setting("distributed_product_mode", "global"),
+                .with_setting("distributed_product_mode", "global")
+                .with_setting("load_balancing", "in_order"),
         }
     }
 

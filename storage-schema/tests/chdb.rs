@@ -222,3 +222,87 @@ fn modern_ddl_and_every_query_run_in_chdb() {
         }
     }
 }
+
+/// Cluster mode's modern statements and queries in chdb, on a one-shard cluster that is the chdb
+/// process itself (no ZooKeeper there: the `Replicated*` engines run as their plain engines;
+/// see `tests/chdb_cluster_check.py`): every case answers through the Distributed tables as on
+/// one server, with the SQL and settings `Queries::for_cluster` and
+/// `MigrateConfig::prepare_client` use, with replays, settled, with late copies and settled
+/// again.
+#[test]
+fn cluster_mode_modern_ddl_and_every_query_run_in_chdb() {
+    let python = venv_python();
+    let t0 = common::base_time_ns();
+    let (seed, replay) = common::seed_batches(t0);
+    let cases = common::cases(t0);
+    let cfg = MigrateConfig {
+        cluster: Some("periscope_test".into()),
+        ..config("periscope_c", 30)
+    };
+    let plan = json!({
+        "cluster": "periscope_test",
+        "database": "periscope_c",
+        "migrations": migrations(&cfg, Dialect::Modern),
+        "sharded_tables": periscope_storage::cluster::sharded_tables(),
+        "settings": {
+            "insert_distributed_sync": "1",
+            "distributed_product_mode": "'global'",
+            "load_balancing": "'in_order'",
+        },
+        "seed": seed,
+        "replay": replay,
+        "cases": cases.iter().map(|c| json!({
+            "id": c.id,
+            "sql": queries::distributed_text(c.spec.sql).unwrap_or_else(|| c.spec.sql.to_owned()),
+            "params": c.params.iter()
+                .map(|(name, value)| (name.to_string(), Value::from(modern_param_text(value))))
+                .collect::<serde_json::Map<_, _>>(),
+        })).collect::<Vec<_>>(),
+        "settle": {
+            "candidates": queries::SETTLE_CANDIDATES.sql,
+            "minute": queries::SETTLE_MINUTE.sql,
+            "mark": queries::SETTLE_MARK.sql,
+        },
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan_path = dir.path().join("plan.json");
+    let out_path = dir.path().join("results.json");
+    std::fs::write(&plan_path, serde_json::to_vec(&plan).unwrap()).expect("writing the plan");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/chdb_cluster_check.py");
+    let output = Command::new(&python)
+        .arg(&script)
+        .arg(&plan_path)
+        .arg(&out_path)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", python.display()));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "chdb_cluster_check.py failed ({}):\n{stderr}",
+        output.status
+    );
+    eprint!("{stderr}");
+    let results: Value =
+        serde_json::from_slice(&std::fs::read(&out_path).expect("reading results")).unwrap();
+    for label in [
+        "cluster",
+        "cluster_settled",
+        "cluster_late",
+        "cluster_resettled",
+    ] {
+        for case in &cases {
+            let got = &results["results"][label][case.id.as_str()];
+            assert!(got.is_array(), "{label}: no result for {}", case.id);
+            match &case.expected {
+                Expected::DeniedByPolicy(want) => compare(label, &case.id, got, want),
+                Expected::TopTalkers(want) => compare(label, &case.id, got, want),
+                Expected::NewWorldDestinations(want) => compare(label, &case.id, got, want),
+                Expected::DnsFailures(want) => compare(label, &case.id, got, want),
+                Expected::TcpResets(want) => compare(label, &case.id, got, want),
+                Expected::PodFlows(want) => compare(label, &case.id, got, want),
+                Expected::ServiceMapEdges(want) => compare(label, &case.id, got, want),
+                Expected::History(want) => compare(label, &case.id, got, want),
+            }
+        }
+    }
+}
