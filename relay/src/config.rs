@@ -1055,6 +1055,69 @@ mod tests {
     }
 
     #[test]
+    fn logging_settings() {
+        let c = Config::load(&cli(&[
+            "--log",
+            "warn,periscope_relay=debug",
+            "--log-format",
+            "json",
+        ]))
+        .unwrap();
+        assert_eq!(c.log, "warn,periscope_relay=debug");
+        assert_eq!(c.log_format, periscope_logging::LogFormat::Json);
+        assert_eq!(c.log_to_clickhouse, None);
+        let e = err(&["--log-format", "yaml"]);
+        assert!(e.contains("--log-format \"yaml\""), "{e}");
+        let e = err(&["--log", "info,x=loud"]);
+        assert!(e.contains("--log") && e.contains("x=loud"), "{e}");
+        let e = err(&["--log-to-clickhouse"]);
+        assert!(
+            e.contains("--log-to-clickhouse") && e.contains("--clickhouse-url"),
+            "{e}"
+        );
+        let spool = std::env::temp_dir().join("relay-cfg-log-spool");
+        let ch = ["--clickhouse-url", "http://127.0.0.1:8123", "--spool-dir"];
+        let mut args: Vec<&str> = ch.to_vec();
+        args.push(spool.to_str().unwrap());
+        args.push("--log-to-clickhouse");
+        let c = Config::load(&cli(&args)).unwrap();
+        assert_eq!(
+            c.log_to_clickhouse,
+            Some(tracing::Level::WARN),
+            "warn by default"
+        );
+        *args.last_mut().unwrap() = "--log-to-clickhouse=error";
+        let c = Config::load(&cli(&args)).unwrap();
+        assert_eq!(c.log_to_clickhouse, Some(tracing::Level::ERROR));
+        *args.last_mut().unwrap() = "--log-to-clickhouse=loud";
+        let e = Config::load(&cli(&args)).unwrap_err().to_string();
+        assert!(e.contains("--log-to-clickhouse \"loud\""), "{e}");
+        // The file's settings, and a flag over them.
+        let dir = std::env::temp_dir().join(format!("relay-cfg-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("relay.yaml");
+        std::fs::write(
+            &path,
+            "log: debug\nlog_format: json\nlog_to_clickhouse: info\n\
+             store: {url: \"http://127.0.0.1:8123\", spool_dir: /tmp/relay-cfg-log-spool}\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let c = Config::load(&cli(&["--config", p])).unwrap();
+        // (Unless the environment overrides the file.)
+        if std::env::var_os("PERISCOPE_LOG").is_none() {
+            assert_eq!(c.log, "debug");
+        }
+        if std::env::var_os("PERISCOPE_LOG_FORMAT").is_none() {
+            assert_eq!(c.log_format, periscope_logging::LogFormat::Json);
+        }
+        assert_eq!(c.log_to_clickhouse, Some(tracing::Level::INFO));
+        let c = Config::load(&cli(&["--config", p, "--log-format", "text"])).unwrap();
+        assert_eq!(c.log_format, periscope_logging::LogFormat::Text);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
