@@ -90,6 +90,13 @@ pub struct GlobalArgs {
     /// response types.
     #[arg(short = 'D', long, global = true)]
     pub debug: bool,
+
+    /// YAML file with defaults for the flags above, keyed by their names (server, timeout,
+    /// request-timeout, tls, tls-ca-cert-files, tls-client-cert-file, tls-client-key-file,
+    /// tls-server-name, debug) [default: ~/.config/periscope/config.yaml when it exists].
+    /// Precedence: flag > environment variable > file > default.
+    #[arg(long, global = true, env = "PERISCOPE_CLI_CONFIG", value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
 }
 
 impl GlobalArgs {
@@ -635,7 +642,11 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let matches = Cli::command().try_get_matches_from(args)?;
+    let argv: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let argv = crate::config::merge(argv, |k| std::env::var(k).ok(), home.as_deref())
+        .map_err(|e| Cli::command().error(clap::error::ErrorKind::InvalidValue, e))?;
+    let matches = Cli::command().try_get_matches_from(argv)?;
     let mut cli = Cli::from_arg_matches(&matches)?;
     if let (Command::Observe(observe), Some(("observe", sub))) =
         (&mut cli.command, matches.subcommand())

@@ -22,6 +22,7 @@ use std::time::SystemTime;
 pub mod alerts;
 pub mod args;
 pub mod client;
+pub mod config;
 pub mod export;
 pub mod filter;
 pub mod printer;

@@ -648,6 +648,35 @@ Unavailable Nodes: 1
     );
 }
 
+/// `--config`: the server comes from the file; a flag still wins; a bad setting is an error
+/// before connecting.
+#[tokio::test]
+async fn the_config_file_names_the_server() {
+    let server = start(Fake::default()).to_string();
+    let path = std::env::temp_dir().join(format!("periscope-cli-e2e-{}.yaml", std::process::id()));
+    std::fs::write(&path, format!("server: {server}\ntimeout: 3s\n")).unwrap();
+    let config = path.to_str().unwrap();
+    let ran = run_lib(&["periscope", "status", "--config", config]).await;
+    ran.result.expect("status succeeds");
+    assert!(
+        ran.out
+            .starts_with(&format!("Healthcheck (via {server}): Ok")),
+        "{}",
+        ran.out
+    );
+    let dead = dead_address().to_string();
+    let ran = run_lib(&["periscope", "status", "--config", config, "--server", &dead]).await;
+    assert!(
+        ran.result.is_err(),
+        "the flag's dead server wins: {}",
+        ran.out
+    );
+    std::fs::write(&path, "sever: x:1\n").unwrap();
+    let e = parse_cli(["periscope", "status", "--config", config]).unwrap_err();
+    assert!(e.to_string().contains("unknown setting `sever`"), "{e}");
+    let _ = std::fs::remove_file(&path);
+}
+
 #[tokio::test]
 async fn status_not_serving() {
     let server = start(Fake {
