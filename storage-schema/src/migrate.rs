@@ -595,13 +595,18 @@ pub async fn apply_retention(
         Dialect::Legacy => {
             let cutoff = retention_cutoff_day(SystemTime::now(), config.retention_days);
             let parts: Vec<PartitionRow> = match &config.cluster {
+                // Every retained table (`logs` too); the names are ours, no user text.
                 None => client
-                    .query(
+                    .query(&format!(
                         "SELECT DISTINCT table, partition_id FROM system.parts \
-                     WHERE database = ? AND table IN ('flows', 'flows_denied', 'flow_edges_1m', \
-                     'flow_minutes', 'flow_edges_1m_settled', 'flow_minutes_settled') \
-                     AND active ORDER BY table, partition_id",
-                    )
+                         WHERE database = ? AND table IN ({}) AND active \
+                         ORDER BY table, partition_id",
+                        RETAINED_TABLES
+                            .iter()
+                            .map(|(t, _)| format!("'{t}'"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
                     .bind(db.as_str())
                     .fetch_all()
                     .await

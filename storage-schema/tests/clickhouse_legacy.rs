@@ -691,6 +691,25 @@ async fn retention_drops_expired_day_partitions() {
         rows.push(FlowRow::from_flow(&f, "c1"));
     }
     insert(&client, &cfg.database, &rows).await;
+    // Log rows (0008) of the same four days.
+    let logs: Vec<String> = [40, 32, 1, 0]
+        .iter()
+        .map(|age_days| {
+            format!(
+                "({}, 'WARN', 't', 'm', '{{}}', 'n1', 'agent', 'c1')",
+                now_ns - age_days * day
+            )
+        })
+        .collect();
+    run_all(
+        &client,
+        &[format!(
+            "INSERT INTO periscope_r.logs (time_ns, level, target, message, fields, node, \
+             component, cluster) VALUES {}",
+            logs.join(", ")
+        )],
+    )
+    .await;
     let queries = Queries::new(&client, &cfg.database, Dialect::Legacy).expect("queries");
     assert_eq!(settle_all(&queries).await.len(), 4);
     // The full flow is denied and L3/L4: every retained table got rows of all four days.
@@ -701,6 +720,7 @@ async fn retention_drops_expired_day_partitions() {
         "flow_minutes",
         "flow_edges_1m_settled",
         "flow_minutes_settled",
+        "logs",
     ] {
         let parts = scalar_u64(
             &client,
@@ -713,7 +733,7 @@ async fn retention_drops_expired_day_partitions() {
     let report = apply_retention(&client, &cfg, Dialect::Legacy)
         .await
         .expect("retention");
-    assert_eq!(report.dropped_partitions.len(), 12, "{report:?}");
+    assert_eq!(report.dropped_partitions.len(), 14, "{report:?}");
     let mut uuids: Vec<String> = client
         .query_raw("SELECT uuid FROM periscope_r.flows ORDER BY uuid")
         .fetch_all()
@@ -723,6 +743,8 @@ async fn retention_drops_expired_day_partitions() {
     assert_eq!(uuids, ["new-0", "new-1"]);
     let denied = scalar_u64(&client, "SELECT count() FROM periscope_r.flows_denied").await;
     assert_eq!(denied, 2);
+    let logs = scalar_u64(&client, "SELECT count() FROM periscope_r.logs").await;
+    assert_eq!(logs, 2, "the log rows of the last two days stay");
 
     let again = apply_retention(&client, &cfg, Dialect::Legacy)
         .await
