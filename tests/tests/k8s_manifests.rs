@@ -747,6 +747,19 @@ fn the_trial_values_wire_clickhouse_secrets_and_tls() {
         "http://periscope-clickhouse.periscope.svc:8123"
     );
     assert_eq!(s(&config, "store.cluster_name"), "trial");
+    // Logging: JSON lines from both, the relay's warnings into ClickHouse's logs table.
+    assert_eq!(s(&config, "log_format"), "json");
+    assert_eq!(s(&config, "log_to_clickhouse"), "warn");
+    let agent_env = seq(
+        container(find(&objs, "DaemonSet", "periscope-agent"), "agent"),
+        "env",
+    );
+    assert!(
+        agent_env
+            .iter()
+            .any(|e| s(e, "name") == "PERISCOPE_LOG_FORMAT" && s(e, "value") == "json"),
+        "{agent_env:?}"
+    );
     let password_file = s(&config, "store.password.file");
     // The relay reads the password from the Secret the ClickHouse server takes it from.
     let ch_secret = seq(container(sts, "clickhouse"), "env")
