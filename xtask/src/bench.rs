@@ -56,7 +56,8 @@ mod ui;
 /// Options of `cargo xtask bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Which benchmark: datapath, agent, relay, lb, ui, or all (the default) for every one.
+    /// Which benchmark: datapath, agent, relay, lb, ui, or all (the default) for every one;
+    /// `report` only rebuilds the combined report from the last reports.
     /// Each writes `artifacts/bench/<name>.md`; then `artifacts/bench/REPORT.md` is rebuilt
     /// from all of them (goals table first; benchmarks not run now keep their last report,
     /// marked with its date).
@@ -94,11 +95,17 @@ fn check_stop() -> Result<()> {
 /// Entry point.
 pub fn run(a: BenchArgs) -> Result<()> {
     let which = a.which.as_deref().unwrap_or("all");
+    if which == "report" {
+        let dir = crate::root().join("artifacts/bench");
+        let path = report::write(&dir, BENCHMARKS, &[])?;
+        eprintln!("[bench] combined report rebuilt: {}", path.display());
+        return Ok(());
+    }
     let selected: Vec<&str> = match which {
         "all" => BENCHMARKS.to_vec(),
         w if BENCHMARKS.contains(&w) => vec![w],
         w => bail!(
-            "unknown benchmark {w:?}; known benchmarks: {} (or `all`, the default)",
+            "unknown benchmark {w:?}; known benchmarks: {} (or `all`, the default, or `report`)",
             BENCHMARKS.join(", ")
         ),
     };

@@ -111,6 +111,17 @@ fn utc(t: SystemTime) -> String {
     )
 }
 
+/// A benchmark's report as a section of this one: its title (`#` or `##`) becomes `##`.
+fn section(text: &str) -> String {
+    let text = text.trim();
+    match text.split_once('\n') {
+        Some((first, rest)) if first.starts_with('#') => {
+            format!("## {}\n{rest}", first.trim_start_matches('#').trim())
+        }
+        _ => text.to_string(),
+    }
+}
+
 /// Writes `dir/REPORT.md` from the benchmark reports in `dir` (`names` in order; `ran` are the
 /// ones this run produced). Returns its path.
 pub fn write(dir: &Path, names: &[&str], ran: &[&str]) -> Result<std::path::PathBuf> {
@@ -176,8 +187,7 @@ pub fn write(dir: &Path, names: &[&str], ran: &[&str]) -> Result<std::path::Path
         let _ = writeln!(
             sections,
             "\n---\n\n<!-- {name}: {from} -->\n*`{name}`: {from}.*\n\n{}",
-            // One level down: the benchmark's title becomes a section of this report.
-            text.trim_end().replacen("# ", "## ", 1)
+            section(&text)
         );
     }
     md.push_str(&sections);
@@ -251,6 +261,13 @@ mod tests {
         assert!(md.contains("*`lb`: this run.*\n\n## LB"), "{md}");
         assert!(md.contains("This run: lb."), "{md}");
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn titles_become_sections() {
+        assert_eq!(section("# A\nx\n"), "## A\nx");
+        assert_eq!(section("## B (`b`)\n\ny"), "## B (`b`)\n\ny");
+        assert_eq!(section("no title\nz"), "no title\nz");
     }
 
     #[test]
