@@ -1,8 +1,8 @@
 -- Service-map edges in a window, from flow_edges_1m (per-minute aggregates of the MV).
 --
 -- One row per (cluster, source, destination, port, protocol, verdict) over the minutes that
--- overlap the window, most flows first, with the flows' bytes (migration 0007: each counted flow's
--- `bytes` once; 0 for minutes aggregated before 0007). Ends are named by workload, else pod, else their
+-- overlap the window, most flows first, with the flows' bytes (migration 0007: the sum of the
+-- counted flows' `bytes`, a replayed copy's again; 0 for minutes aggregated before 0007). Ends are named by workload, else pod, else their
 -- reserved: label (reserved:world, ...). What counts is the view's rule, the live map's
 -- (`periscope_ui_api::edge_of`), from migration 0005_flow_edges_1m_edge_rule on: one observation
 -- per packet. Replies, records without L4 and L7 records, and policy verdict notifications
@@ -67,7 +67,7 @@ FROM
         cluster, source_namespace, source, destination_namespace, destination,
         destination_port, protocol, verdict,
         uniqExactMerge(flows) AS flows,
-        arraySum(x -> tupleElement(x, 2), groupUniqArrayMerge(flow_bytes)) AS bytes,
+        sumMerge(flow_bytes) AS bytes,
         minMerge(first_seen_ns) AS first_seen_ns,
         maxMerge(last_seen_ns) AS last_seen_ns
     FROM flow_edges_1m

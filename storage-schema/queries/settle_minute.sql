@@ -1,5 +1,5 @@
 -- Settles one minute of one cluster (migration 0006): its edges' exact counts, read once from
--- the uuid sets of flow_edges_1m, and their bytes from its (uuid hash, bytes) sets (0007),
+-- the uuid sets of flow_edges_1m, and their bytes from its sums (0007),
 -- written as plain numbers into flow_edges_1m_settled under the run's `settle_id`. One INSERT, one block: a minute has at most a few thousand edges.
 -- settle_mark.sql then records the run; until it does, these rows are not read.
 -- Parameters:
@@ -21,7 +21,7 @@ SELECT
     uniqExactMerge(flows) AS flows,
     minMerge(first_seen_ns) AS first_seen_ns,
     maxMerge(last_seen_ns) AS last_seen_ns,
-    arraySum(x -> tupleElement(x, 2), groupUniqArrayMerge(flow_bytes)) AS bytes
+    sumMerge(flow_bytes) AS bytes
 FROM flow_edges_1m
 WHERE cluster = {cluster:String} AND minute = toDateTime({minute_s:UInt32})
 GROUP BY minute, cluster, source_namespace, source, destination_namespace, destination, destination_port, protocol, verdict

@@ -2,19 +2,24 @@
 --
 -- Flows carry the bytes of their connection they account for (`flows.bytes`, from the agent's
 -- Flow.periscope_bytes; 0 before). An edge's bytes are the sum over the flows it counts (0005's
--- rule), each flow once: a replayed copy must not add its bytes again. A sum cannot tell copies
--- apart, so the view keeps, per edge and minute, the set of (cityHash64(uuid), bytes) pairs
--- (`groupUniqArray`: a copy is the same pair); the query sums the set's bytes. Settling (0006)
--- writes the sum as a plain number, `flow_edges_1m_settled.bytes`.
+-- rule): the view keeps `sumState(bytes)` per edge and minute (`flow_bytes`), the queries
+-- `sumMerge` it, and settling (0006) writes the sum as a plain number,
+-- `flow_edges_1m_settled.bytes`.
 --
--- Minutes aggregated before this migration have no pairs: their bytes read 0 (their flows had
+-- Unlike the flow counts (uuid sets), a sum cannot tell a replayed copy from a new flow: a flow
+-- the relay inserted twice (a replay after an insert whose outcome was unknown, e.g. a timeout
+-- after the server had committed it) adds its bytes twice. Keeping a (uuid, bytes) set instead
+-- would be exact but costs more memory than the uuid set itself on the map's unsettled minutes
+-- (10M flows: the query over a 1.86 GiB limit), for an error only replays can cause.
+--
+-- Minutes aggregated before this migration have no sums: their bytes read 0 (their flows had
 -- none either). The view is replaced as in 0005 (DROP, then CREATE): flows inserted between the
 -- two statements are not counted on the map (the `flows` table has them).
 --
 -- Placeholders filled in by the crate: ${database}, ${on_cluster}.
 
 ALTER TABLE ${database}.flow_edges_1m${on_cluster}
-    ADD COLUMN IF NOT EXISTS flow_bytes AggregateFunction(groupUniqArray, Tuple(UInt64, UInt64));
+    ADD COLUMN IF NOT EXISTS flow_bytes AggregateFunction(sum, UInt64);
 
 ALTER TABLE ${database}.flow_edges_1m_settled${on_cluster}
     ADD COLUMN IF NOT EXISTS bytes UInt64;
@@ -38,7 +43,7 @@ AS SELECT
     uniqExactState(uuid) AS flows,
     minState(time_ns) AS first_seen_ns,
     maxState(time_ns) AS last_seen_ns,
-    groupUniqArrayState(tuple(cityHash64(uuid), bytes)) AS flow_bytes
+    sumState(bytes) AS flow_bytes
 FROM ${database}.flows
 WHERE flow_type = 'L3_L4'
     AND protocol != ''
