@@ -450,7 +450,10 @@ async fn the_writer_settles_quiet_minutes_and_the_map_stays_the_same() {
     // Bytes (migration 0007): 100 per counted flow, and again for a replayed copy (sums, unlike
     // the uuid sets, cannot tell copies apart): 300 flows were sent twice.
     let bytes: u64 = unsettled.iter().map(|e| e.bytes).sum();
-    assert!(unsettled.iter().all(|e| e.bytes >= 100 * e.flows), "{unsettled:?}");
+    assert!(
+        unsettled.iter().all(|e| e.bytes >= 100 * e.flows),
+        "{unsettled:?}"
+    );
     assert!(
         (100 * total..=100 * (total + 300)).contains(&bytes),
         "{bytes} bytes for {total} flows"
