@@ -211,6 +211,7 @@ SELECT
     protocol,
     verdict,
     uniqExact(uuid) AS flows,
+    sum(bytes) AS bytes,
     min(time_ns) AS first_seen_ns,
     max(time_ns) AS last_seen_ns
 FROM flows
