@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -67,6 +67,49 @@ where
     let got: Vec<T> = serde_json::from_value(got.clone())
         .unwrap_or_else(|e| panic!("{label} case {id}: rows do not fit: {e}\n{got:#}"));
     assert_eq!(got, want, "{label} case {id}");
+}
+
+/// Runs `tests/<script>` with `plan` (written to a temp file) and returns its results.
+fn run_script(python: &Path, script: &str, plan: &Value) -> Value {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan_path = dir.path().join("plan.json");
+    let out_path = dir.path().join("results.json");
+    std::fs::write(&plan_path, serde_json::to_vec(plan).unwrap()).expect("writing the plan");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(script);
+    let output = Command::new(python)
+        .arg(&path)
+        .arg(&plan_path)
+        .arg(&out_path)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", python.display()));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{script} failed ({}):\n{stderr}",
+        output.status
+    );
+    eprint!("{stderr}");
+    serde_json::from_slice(&std::fs::read(&out_path).expect("reading results")).unwrap()
+}
+
+/// Every case's answer in the run `label` of `results` is the expected one.
+fn check_cases(results: &Value, label: &str, cases: &[common::Case]) {
+    for case in cases {
+        let got = &results["results"][label][case.id.as_str()];
+        assert!(got.is_array(), "{label}: no result for {}", case.id);
+        match &case.expected {
+            Expected::DeniedByPolicy(want) => compare(label, &case.id, got, want),
+            Expected::TopTalkers(want) => compare(label, &case.id, got, want),
+            Expected::NewWorldDestinations(want) => compare(label, &case.id, got, want),
+            Expected::DnsFailures(want) => compare(label, &case.id, got, want),
+            Expected::TcpResets(want) => compare(label, &case.id, got, want),
+            Expected::PodFlows(want) => compare(label, &case.id, got, want),
+            Expected::ServiceMapEdges(want) => compare(label, &case.id, got, want),
+            Expected::History(want) => compare(label, &case.id, got, want),
+        }
+    }
 }
 
 #[test]
@@ -158,27 +201,7 @@ fn modern_ddl_and_every_query_run_in_chdb() {
         },
     });
 
-    let dir = tempfile::tempdir().expect("temp dir");
-    let plan_path = dir.path().join("plan.json");
-    let out_path = dir.path().join("results.json");
-    std::fs::write(&plan_path, serde_json::to_vec(&plan).unwrap()).expect("writing the plan");
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/chdb_check.py");
-    let output = Command::new(&python)
-        .arg(&script)
-        .arg(&plan_path)
-        .arg(&out_path)
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", python.display()));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "chdb_check.py failed ({}):\n{stderr}",
-        output.status
-    );
-    eprint!("{stderr}");
-
-    let results: Value =
-        serde_json::from_slice(&std::fs::read(&out_path).expect("reading results")).unwrap();
+    let results = run_script(&python, "chdb_check.py", &plan);
     let engine = results["engine_version"].as_str().unwrap_or_default();
     assert!(
         engine.split('.').next().and_then(|m| m.parse::<u32>().ok()) >= Some(23),
@@ -193,21 +216,7 @@ fn modern_ddl_and_every_query_run_in_chdb() {
         "modern_late",
         "modern_resettled",
     ] {
-        let run = &results["results"][label];
-        for case in &cases {
-            let got = &run[case.id.as_str()];
-            assert!(got.is_array(), "{label}: no result for {}", case.id);
-            match &case.expected {
-                Expected::DeniedByPolicy(want) => compare(label, &case.id, got, want),
-                Expected::TopTalkers(want) => compare(label, &case.id, got, want),
-                Expected::NewWorldDestinations(want) => compare(label, &case.id, got, want),
-                Expected::DnsFailures(want) => compare(label, &case.id, got, want),
-                Expected::TcpResets(want) => compare(label, &case.id, got, want),
-                Expected::PodFlows(want) => compare(label, &case.id, got, want),
-                Expected::ServiceMapEdges(want) => compare(label, &case.id, got, want),
-                Expected::History(want) => compare(label, &case.id, got, want),
-            }
-        }
+        check_cases(&results, label, &cases);
     }
     for label in [
         "edge_rule_modern",
@@ -264,45 +273,13 @@ fn cluster_mode_modern_ddl_and_every_query_run_in_chdb() {
             "mark": queries::SETTLE_MARK.sql,
         },
     });
-    let dir = tempfile::tempdir().expect("temp dir");
-    let plan_path = dir.path().join("plan.json");
-    let out_path = dir.path().join("results.json");
-    std::fs::write(&plan_path, serde_json::to_vec(&plan).unwrap()).expect("writing the plan");
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/chdb_cluster_check.py");
-    let output = Command::new(&python)
-        .arg(&script)
-        .arg(&plan_path)
-        .arg(&out_path)
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", python.display()));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "chdb_cluster_check.py failed ({}):\n{stderr}",
-        output.status
-    );
-    eprint!("{stderr}");
-    let results: Value =
-        serde_json::from_slice(&std::fs::read(&out_path).expect("reading results")).unwrap();
+    let results = run_script(&python, "chdb_cluster_check.py", &plan);
     for label in [
         "cluster",
         "cluster_settled",
         "cluster_late",
         "cluster_resettled",
     ] {
-        for case in &cases {
-            let got = &results["results"][label][case.id.as_str()];
-            assert!(got.is_array(), "{label}: no result for {}", case.id);
-            match &case.expected {
-                Expected::DeniedByPolicy(want) => compare(label, &case.id, got, want),
-                Expected::TopTalkers(want) => compare(label, &case.id, got, want),
-                Expected::NewWorldDestinations(want) => compare(label, &case.id, got, want),
-                Expected::DnsFailures(want) => compare(label, &case.id, got, want),
-                Expected::TcpResets(want) => compare(label, &case.id, got, want),
-                Expected::PodFlows(want) => compare(label, &case.id, got, want),
-                Expected::ServiceMapEdges(want) => compare(label, &case.id, got, want),
-                Expected::History(want) => compare(label, &case.id, got, want),
-            }
-        }
+        check_cases(&results, label, &cases);
     }
 }

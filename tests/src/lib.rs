@@ -882,6 +882,32 @@ fn sanitize(name: &str) -> String {
     if s.is_empty() { "x".to_string() } else { s }
 }
 
+/// A scratch directory under the system's temp dir (`periscope-<what>-<pid>-<name>`, emptied
+/// first), removed on drop.
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    /// Creates `periscope-<what>-<pid>-<name>`.
+    pub fn new(what: &str, name: &str) -> TempDir {
+        let p =
+            std::env::temp_dir().join(format!("periscope-{what}-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The answer (status line, headers and body) of an HTTP/1.1 GET of `path` from `addr`
 /// (the agent's metrics endpoint, the relay's HTTP API); panics if it cannot be read.
 pub fn http_get(addr: &str, path: &str) -> String {

@@ -5,32 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use periscope_testbed::TempDir;
 use periscope_testbed::agent::agent_bin;
 use periscope_testbed::relay::relay_bin;
 use periscope_testbed::servers::free_port;
-
-/// A directory under the system's temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let p =
-            std::env::temp_dir().join(format!("periscope-deploy-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("temp dir");
-        TempDir(p)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd")
@@ -63,7 +41,7 @@ fn value<'a>(text: &'a str, key: &str) -> &'a str {
 
 #[test]
 fn systemd_units_verify_and_pass_real_flags() {
-    let dir = TempDir::new("units");
+    let dir = TempDir::new("deploy", "units");
     for (unit, bin) in [
         ("periscope-agent.service", agent_bin()),
         ("periscope-relay.service", relay_bin()),
@@ -136,7 +114,7 @@ impl Drop for Kill {
 /// UI bundle, spool) and loopback ports, starts a relay whose UI API answers.
 #[test]
 fn the_relay_starts_from_the_example_config() {
-    let dir = TempDir::new("relay");
+    let dir = TempDir::new("deploy", "relay");
     let d = dir.path();
     for (path, content) in [
         ("etc/ui-token", "s3cret-token"),

@@ -28,33 +28,12 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use periscope_testbed::TempDir;
 use periscope_testbed::agent::agent_bin;
 use periscope_testbed::k8s_api::FakeApiServer;
 use periscope_testbed::relay::relay_bin;
 use periscope_testbed::servers::free_port;
 use serde_yaml::Value;
-
-/// A directory under the system's temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("periscope-k8s-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("temp dir");
-        TempDir(p)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -216,7 +195,7 @@ fn container<'a>(workload: &'a Value, name: &str) -> &'a Value {
 
 /// `kubernetes-validate --strict` over a YAML stream: every object must pass.
 fn schema_check(text: &str, what: &str) -> Result<(), String> {
-    let dir = TempDir::new(&format!("schema-{what}"));
+    let dir = TempDir::new("k8s", &format!("schema-{what}"));
     let file = dir.path().join(format!("{what}.yaml"));
     std::fs::write(&file, text).unwrap();
     let out = Command::new(venv_bin("kubernetes-validate"))
@@ -913,7 +892,7 @@ fn the_relay_starts_from_the_rendered_deployment() {
     let objs = objects(&String::from_utf8(out.stdout).unwrap());
     let dep = find(&objs, "Deployment", "periscope-relay");
     let c = container(dep, "relay");
-    let dir = TempDir::new("relay");
+    let dir = TempDir::new("k8s", "relay");
     // Each mount becomes a directory of the temp dir holding its volume's files.
     let mut moves: Vec<(String, String)> = Vec::new();
     for m in seq(c, "volumeMounts") {

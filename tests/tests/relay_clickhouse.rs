@@ -144,26 +144,9 @@ fn history_from_clickhouse_equals_the_live_stream() {
 
         // History through the same API: since the start, answered from ClickHouse (the relay
         // commits at least every few seconds: wait until everything is there).
-        let since = prost_types::Timestamp::from(start);
         let history = |c: &mut ObserverClient<tonic::transport::Channel>| {
-            let mut c = c.clone();
-            async move {
-                let mut s = c
-                    .get_flows(GetFlowsRequest {
-                        since: Some(since),
-                        ..Default::default()
-                    })
-                    .await
-                    .expect("GetFlows since")
-                    .into_inner();
-                let mut out = Vec::new();
-                while let Some(r) = s.message().await.expect("history stream") {
-                    if let Some(ResponseTypes::Flow(f)) = r.response_types {
-                        out.push(f);
-                    }
-                }
-                out
-            }
+            let c = c.clone();
+            history_since(c, start)
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         let by_uuid = |v: &[Flow]| -> BTreeMap<String, Flow> {
@@ -206,6 +189,28 @@ fn history_from_clickhouse_equals_the_live_stream() {
         assert!(live.keys().all(|u| after.contains_key(u)));
     });
     let _ = std::fs::remove_dir_all(&spool);
+}
+
+/// The flows of a relay's history (GetFlows with `since`).
+async fn history_since(
+    mut c: ObserverClient<tonic::transport::Channel>,
+    since: std::time::SystemTime,
+) -> Vec<Flow> {
+    let mut s = c
+        .get_flows(GetFlowsRequest {
+            since: Some(prost_types::Timestamp::from(since)),
+            ..Default::default()
+        })
+        .await
+        .expect("GetFlows since")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(r) = s.message().await.expect("history stream") {
+        if let Some(ResponseTypes::Flow(f)) = r.response_types {
+            out.push(f);
+        }
+    }
+    out
 }
 
 /// `SELECT` on the private server's HTTP interface, the answer's text.
@@ -325,24 +330,10 @@ fn a_read_only_top_relay_serves_what_a_shard_relay_stored() {
         .build()
         .unwrap();
     let history: Vec<Flow> = rt.block_on(async {
-        let mut c = ObserverClient::connect(format!("http://{}", top.address))
+        let c = ObserverClient::connect(format!("http://{}", top.address))
             .await
             .expect("connect to the top relay");
-        let mut s = c
-            .get_flows(GetFlowsRequest {
-                since: Some(prost_types::Timestamp::from(start)),
-                ..Default::default()
-            })
-            .await
-            .expect("GetFlows since")
-            .into_inner();
-        let mut out = Vec::new();
-        while let Some(r) = s.message().await.expect("history stream") {
-            if let Some(ResponseTypes::Flow(f)) = r.response_types {
-                out.push(f);
-            }
-        }
-        out
+        history_since(c, start).await
     });
     let answered: std::collections::BTreeSet<String> =
         history.iter().map(|f| f.uuid.clone()).collect();
