@@ -18,7 +18,7 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use clickhouse::Client;
 use periscope_storage::testing::{TestCluster, full_flow};
@@ -26,7 +26,8 @@ use periscope_storage::{
     Dialect, FlowRow, MIGRATIONS, MigrateConfig, Queries, apply_retention, migrate,
 };
 
-use common::{Case, Expected, SEC};
+use common::SEC;
+use common::server::{insert, run_all, run_cases, scalar_u64, settle_all};
 
 const CLUSTER: &str = "periscope_test";
 
@@ -46,77 +47,6 @@ fn config(database: &str, retention_days: u32) -> MigrateConfig {
 /// Server `i`'s client with the cluster settings, as the relay makes it.
 fn client_of(cluster: &TestCluster, cfg: &MigrateConfig, i: usize) -> Client {
     cfg.prepare_client(cluster.servers()[i].client())
-}
-
-/// Writes rows the way the relay does: RowBinary into `flows` (here the Distributed table).
-async fn insert(client: &Client, database: &str, rows: &[FlowRow]) {
-    let client = client.clone().with_database(database);
-    let mut insert = client
-        .insert::<FlowRow>(periscope_storage::FLOWS_TABLE)
-        .await
-        .expect("starting an insert");
-    for row in rows {
-        insert.write(row).await.expect("writing a row");
-    }
-    insert.end().await.expect("finishing an insert");
-}
-
-async fn scalar_u64(client: &Client, sql: &str) -> u64 {
-    client
-        .query_raw(sql)
-        .fetch_one::<u64>()
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
-
-async fn run_all(client: &Client, statements: &[String]) {
-    for statement in statements {
-        client
-            .query_raw(statement)
-            .execute()
-            .await
-            .unwrap_or_else(|e| panic!("{statement}: {e}"));
-    }
-}
-
-async fn run_cases(queries: &Queries, cases: &[Case], when: &str) {
-    for case in cases {
-        let query = queries
-            .prepare(&case.spec, &case.params)
-            .unwrap_or_else(|e| panic!("{}: {e}", case.id));
-        let id = format!("{} ({when})", case.id);
-        match &case.expected {
-            Expected::DeniedByPolicy(want) => check(query, want, &id).await,
-            Expected::TopTalkers(want) => check(query, want, &id).await,
-            Expected::NewWorldDestinations(want) => check(query, want, &id).await,
-            Expected::DnsFailures(want) => check(query, want, &id).await,
-            Expected::TcpResets(want) => check(query, want, &id).await,
-            Expected::PodFlows(want) => check(query, want, &id).await,
-            Expected::ServiceMapEdges(want) => check(query, want, &id).await,
-            Expected::History(want) => check(query, want, &id).await,
-        }
-    }
-}
-
-async fn check<T>(query: clickhouse::query::Query, want: &[T], id: &str)
-where
-    T: clickhouse::RowOwned + clickhouse::RowRead + PartialEq + std::fmt::Debug,
-{
-    let got: Vec<T> = query
-        .fetch_all()
-        .await
-        .unwrap_or_else(|e| panic!("case {id}: {e}"));
-    assert_eq!(got, want, "case {id}");
-}
-
-/// Settles every minute whose writes are done (see clickhouse_legacy.rs), checking that a
-/// second run finds nothing left.
-async fn settle_all(queries: &Queries) -> Vec<periscope_storage::queries::SettleCandidate> {
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let settled = queries.settle(0, 100_000).await.expect("settling");
-    let again = queries.settle(0, 100_000).await.expect("settling again");
-    assert_eq!(again, [], "settling twice");
-    settled
 }
 
 /// `SYSTEM SYNC REPLICA` on every server for the local tables that hold flows, so the replica

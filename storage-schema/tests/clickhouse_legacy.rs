@@ -14,7 +14,8 @@ use periscope_storage::{
     Queries, QuerySpec, apply_retention, bootstrap_statements, migrate, render_migration,
 };
 
-use common::{Case, Expected, SEC};
+use common::SEC;
+use common::server::{insert, run_all, run_cases, scalar_u64, settle_all};
 
 fn start() -> TestServer {
     TestServer::start().unwrap_or_else(|e| panic!("starting a private clickhouse-server: {e}"))
@@ -26,59 +27,6 @@ fn config(database: &str, retention_days: u32) -> MigrateConfig {
         retention_days,
         cluster: None,
     }
-}
-
-async fn insert(client: &Client, database: &str, rows: &[FlowRow]) {
-    let client = client.clone().with_database(database);
-    let mut insert = client
-        .insert::<FlowRow>(periscope_storage::FLOWS_TABLE)
-        .await
-        .expect("starting an insert");
-    for row in rows {
-        insert.write(row).await.expect("writing a row");
-    }
-    insert.end().await.expect("finishing an insert");
-}
-
-async fn scalar_u64(client: &Client, sql: &str) -> u64 {
-    client
-        .query_raw(sql)
-        .fetch_one::<u64>()
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
-
-async fn run_case(queries: &Queries, case: &Case) {
-    let query = queries
-        .prepare(&case.spec, &case.params)
-        .unwrap_or_else(|e| panic!("{}: {e}", case.id));
-    let id = &case.id;
-    macro_rules! check {
-        ($want:expr) => {
-            check(query, $want, id).await
-        };
-    }
-    match &case.expected {
-        Expected::DeniedByPolicy(want) => check!(want),
-        Expected::TopTalkers(want) => check!(want),
-        Expected::NewWorldDestinations(want) => check!(want),
-        Expected::DnsFailures(want) => check!(want),
-        Expected::TcpResets(want) => check!(want),
-        Expected::PodFlows(want) => check!(want),
-        Expected::ServiceMapEdges(want) => check!(want),
-        Expected::History(want) => check!(want),
-    }
-}
-
-async fn check<T>(query: clickhouse::query::Query, want: &[T], id: &str)
-where
-    T: clickhouse::RowOwned + clickhouse::RowRead + PartialEq + std::fmt::Debug,
-{
-    let got: Vec<T> = query
-        .fetch_all()
-        .await
-        .unwrap_or_else(|e| panic!("case {id}: {e}"));
-    assert_eq!(got, want, "case {id}");
 }
 
 #[tokio::test]
@@ -351,9 +299,7 @@ async fn shipped_queries_answer_exactly_on_seeded_flows_with_replays() {
 
     let queries = Queries::new(&client, &cfg.database, Dialect::Legacy).expect("queries");
     let cases = common::cases(t0);
-    for case in &cases {
-        run_case(&queries, case).await;
-    }
+    run_cases(&queries, &cases, "before merges").await;
 
     // Merges collapse the copies (ReplacingMergeTree keyed by uuid) and the answers stay.
     for table in ["flows", "flows_denied", "flow_edges_1m"] {
@@ -365,28 +311,20 @@ async fn shipped_queries_answer_exactly_on_seeded_flows_with_replays() {
     }
     let merged = scalar_u64(&client, "SELECT count() FROM periscope_q.flows").await;
     assert_eq!(merged as usize, rows.len());
-    for case in &cases {
-        run_case(&queries, case).await;
-    }
+    run_cases(&queries, &cases, "after merges").await;
 
     // Settled minutes (0006) answer the same; then replayed copies arrive late (the minutes they
     // touch read from the uuid sets again) and are settled in turn: still the same.
     let settled = settle_all(&queries).await;
     assert!(!settled.is_empty(), "the seed's minutes are settled");
-    for case in &cases {
-        run_case(&queries, case).await;
-    }
+    run_cases(&queries, &cases, "settled").await;
     insert(&client, &cfg.database, &replay).await;
-    for case in &cases {
-        run_case(&queries, case).await;
-    }
+    run_cases(&queries, &cases, "late copies").await;
     assert!(
         !settle_all(&queries).await.is_empty(),
         "late copies unsettle"
     );
-    for case in &cases {
-        run_case(&queries, case).await;
-    }
+    run_cases(&queries, &cases, "settled again").await;
 }
 
 /// The sort key of `service_map_edges` after the count.
@@ -403,28 +341,6 @@ fn edge_key(
         &e.protocol,
         &e.verdict,
     )
-}
-
-/// Settles every minute whose writes are done: waits past the second of the last write (a
-/// minute is settled once its latest write is in an earlier second), settles, and checks
-/// nothing is left to settle.
-async fn settle_all(queries: &Queries) -> Vec<periscope_storage::queries::SettleCandidate> {
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    let settled = queries.settle(0, 100_000).await.expect("settling");
-    let again = queries.settle(0, 100_000).await.expect("settling again");
-    assert_eq!(again, [], "settling twice");
-    settled
-}
-
-/// Runs statements in order, panicking with the one that failed.
-async fn run_all(client: &Client, statements: &[String]) {
-    for statement in statements {
-        client
-            .query_raw(statement)
-            .execute()
-            .await
-            .unwrap_or_else(|e| panic!("{statement}: {e}"));
-    }
 }
 
 /// A schema at 0004 gets 0005: the view then counts one observation per packet (the live

@@ -882,6 +882,15 @@ fn sanitize(name: &str) -> String {
     if s.is_empty() { "x".to_string() } else { s }
 }
 
+/// A flow's (source, destination) TCP or UDP ports; (0, 0) for other protocols.
+pub fn ports(f: &periscope_proto::flow::Flow) -> (u32, u32) {
+    use periscope_proto::flow::layer4::Protocol;
+    match f.l4.as_ref().and_then(|l| l.protocol) {
+        Some(Protocol::Tcp(t)) => (t.source_port, t.destination_port),
+        Some(Protocol::Udp(u)) => (u.source_port, u.destination_port),
+        _ => (0, 0),
+    }
+}
 /// A scratch directory under the system's temp dir (`periscope-<what>-<pid>-<name>`, emptied
 /// first), removed on drop.
 pub struct TempDir(std::path::PathBuf);

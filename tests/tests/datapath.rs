@@ -8,7 +8,7 @@ use periscope_testbed::agent::Agent;
 use periscope_testbed::traffic::{
     self, ProbeResult, TcpClientConn, TcpEchoServer, UdpEchoServer, send_raw_frame,
 };
-use periscope_testbed::{Testbed, TestbedOptions};
+use periscope_testbed::{Testbed, TestbedOptions, ports};
 
 const TOPO: &str = r#"
 cluster: e2e
@@ -40,13 +40,6 @@ fn is_drop(f: &Flow) -> bool {
 }
 fn is_trace(f: &Flow) -> bool {
     event_type(f) == 4
-}
-fn ports(f: &Flow) -> (u32, u32) {
-    match f.l4.as_ref().and_then(|l| l.protocol) {
-        Some(Protocol::Tcp(t)) => (t.source_port, t.destination_port),
-        Some(Protocol::Udp(u)) => (u.source_port, u.destination_port),
-        _ => (0, 0),
-    }
 }
 fn pod_of(ep: &Option<periscope_proto::flow::Endpoint>) -> String {
     ep.as_ref()

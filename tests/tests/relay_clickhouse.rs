@@ -80,19 +80,7 @@ fn history_from_clickhouse_equals_the_live_stream() {
     let (web, api, db) = (tb.pod("shop/web"), tb.pod("shop/api"), tb.pod("data/db"));
     let _srv = TcpEchoServer::start(db, 5432);
     let spool = std::env::temp_dir().join(format!("periscope-e2e-spool-{}", tb.id()));
-    let relay = Relay::start(
-        "clickhouse",
-        &[
-            "--peers",
-            &agent.api_address(),
-            "--clickhouse-url",
-            &ch.url(),
-            "--spool-dir",
-            spool.to_str().unwrap(),
-            "--sort-drain-timeout",
-            "300ms",
-        ],
-    );
+    let relay = storing_relay("clickhouse", &agent, &ch, &spool);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -191,6 +179,23 @@ fn history_from_clickhouse_equals_the_live_stream() {
     let _ = std::fs::remove_dir_all(&spool);
 }
 
+/// A relay over `agent` storing its flows in `ch` (spool in `spool`).
+fn storing_relay(name: &str, agent: &Agent, ch: &TestServer, spool: &std::path::Path) -> Relay {
+    Relay::start(
+        name,
+        &[
+            "--peers",
+            &agent.api_address(),
+            "--clickhouse-url",
+            &ch.url(),
+            "--spool-dir",
+            spool.to_str().unwrap(),
+            "--sort-drain-timeout",
+            "300ms",
+        ],
+    )
+}
+
 /// The flows of a relay's history (GetFlows with `since`).
 async fn history_since(
     mut c: ObserverClient<tonic::transport::Channel>,
@@ -256,19 +261,7 @@ fn a_read_only_top_relay_serves_what_a_shard_relay_stored() {
     let (web, api, db) = (tb.pod("shop/web"), tb.pod("shop/api"), tb.pod("data/db"));
     let _srv = TcpEchoServer::start(db, 5432);
     let spool = std::env::temp_dir().join(format!("periscope-e2e-spool-top-{}", tb.id()));
-    let mut shard = Relay::start(
-        "shard",
-        &[
-            "--peers",
-            &agent.api_address(),
-            "--clickhouse-url",
-            &ch.url(),
-            "--spool-dir",
-            spool.to_str().unwrap(),
-            "--sort-drain-timeout",
-            "300ms",
-        ],
-    );
+    let mut shard = storing_relay("shard", &agent, &ch, &spool);
     let top_http = format!("127.0.0.1:{}", periscope_testbed::relay::free_port());
     let top = Relay::start(
         "top",

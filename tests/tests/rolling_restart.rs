@@ -13,10 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use periscope_proto::flow::Flow;
 use periscope_testbed::agent::Agent;
 use periscope_testbed::traffic::{self, TcpClientConn, TcpEchoServer};
-use periscope_testbed::{PodHandle, Testbed, TestbedOptions};
+use periscope_testbed::{PodHandle, Testbed, TestbedOptions, ports};
 
 const TOPO: &str = r#"
 cluster: roll
@@ -66,15 +65,6 @@ struct StopOnDrop(Arc<AtomicBool>);
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-fn ports(f: &Flow) -> (u32, u32) {
-    match f.l4.as_ref().and_then(|l| l.protocol) {
-        Some(periscope_proto::flow::layer4::Protocol::Tcp(t)) => {
-            (t.source_port, t.destination_port)
-        }
-        _ => (0, 0),
     }
 }
 

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod server;
+
 use periscope_proto::flow::{
     self, CiliumEventType, DropReason, Endpoint, Flow, FlowType, IpVersion, L7FlowType, Layer4,
     Layer7, Policy, TcpFlags, TrafficDirection, Verdict, Workload, layer4::Protocol,
